@@ -1,0 +1,3 @@
+from jobwire.cli.main import app
+
+app(prog_name="jobwire")

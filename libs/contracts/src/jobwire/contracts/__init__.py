@@ -1,0 +1,92 @@
+"""jobwire message contracts: what services and external apps exchange.
+
+Events and commands travel in a CloudEvents envelope on subjects named by
+:class:`Subjects`; job parameters are validated by :func:`validate_params`.
+The published JSON Schemas and AsyncAPI document are generated from these
+models by ``python -m jobwire.contracts.export``.
+"""
+
+from jobwire.contracts.deadletter import DeadLetter
+from jobwire.contracts.envelope import (
+    CONTENT_TYPE,
+    Contract,
+    Envelope,
+    Versioned,
+    decode,
+)
+from jobwire.contracts.errors import ContractError
+from jobwire.contracts.job_types import (
+    JobParams,
+    StartWorkflowParams,
+    job_params,
+    job_types,
+    params_model,
+    validate_params,
+)
+from jobwire.contracts.jobs import JobDue
+from jobwire.contracts.objects import EmailAddress, EmailObject, FileObject, StorageKind
+from jobwire.contracts.runs import (
+    RUN_EVENT_MODELS,
+    RunCancelRequested,
+    RunError,
+    RunFinished,
+    RunProgress,
+    RunSkipped,
+    RunStarted,
+    RunStatus,
+    SkipReason,
+)
+from jobwire.contracts.subjects import (
+    DEFAULT_NAMESPACE,
+    DeadLetterSource,
+    JobTypeName,
+    RunEvent,
+    RunId,
+    Stream,
+    Subjects,
+    WorkflowName,
+    token,
+)
+from jobwire.contracts.workflows import Origin, OriginKind, StartWorkflow
+
+__all__ = [
+    "CONTENT_TYPE",
+    "DEFAULT_NAMESPACE",
+    "RUN_EVENT_MODELS",
+    "Contract",
+    "ContractError",
+    "DeadLetter",
+    "DeadLetterSource",
+    "EmailAddress",
+    "EmailObject",
+    "Envelope",
+    "FileObject",
+    "JobDue",
+    "JobParams",
+    "JobTypeName",
+    "Origin",
+    "OriginKind",
+    "RunCancelRequested",
+    "RunError",
+    "RunEvent",
+    "RunFinished",
+    "RunId",
+    "RunProgress",
+    "RunSkipped",
+    "RunStarted",
+    "RunStatus",
+    "SkipReason",
+    "StartWorkflow",
+    "StartWorkflowParams",
+    "StorageKind",
+    "Stream",
+    "Subjects",
+    "Versioned",
+    "WorkflowName",
+    "decode",
+    "job_params",
+    "job_types",
+    "params_model",
+    "token",
+    "validate_params",
+]

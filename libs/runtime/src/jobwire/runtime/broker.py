@@ -1,0 +1,485 @@
+"""NATS JetStream for a service: connect, provision streams, publish, consume.
+
+Publishing always sets ``Nats-Msg-Id`` (the stream drops a re-publish inside
+its duplicate window) and the current W3C trace context; consuming continues
+that trace and sends undecodable messages to the dead-letter stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    DiscardPolicy,
+    PubAck,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import ValidationError
+
+from jobwire.contracts.deadletter import DeadLetter
+from jobwire.contracts.envelope import CONTENT_TYPE, Contract, Envelope, decode, utcnow
+from jobwire.contracts.subjects import Stream, Subjects
+from jobwire.runtime.health import Readiness
+from jobwire.runtime.logs import get_logger
+from jobwire.runtime.settings import ServiceSettings
+from jobwire.runtime.telemetry import extract_context
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+log = get_logger("jobwire.broker")
+tracer = trace.get_tracer("jobwire.runtime.broker")
+
+C = TypeVar("C", bound=Contract)
+
+
+class Stopped(Exception):
+    """The service was asked to stop while waiting for a server."""
+
+
+def redact(url: str) -> str:
+    """``nats://user:pw@host:4222`` → ``nats://host:4222``: URLs may carry credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}:{parts.port}" if parts.port else f"{parts.scheme}://{host}"
+
+
+async def backoff_wait(delay: float, stop: asyncio.Event | None) -> None:
+    """Wait ``delay`` seconds, or raise :class:`Stopped` as soon as ``stop`` is set."""
+    if stop is None:
+        await asyncio.sleep(delay)
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=delay)
+    except TimeoutError:
+        return
+    raise Stopped
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to publish: ``data`` enveloped, de-duplicated on ``msg_id``."""
+
+    subject: str
+    data: Contract
+    msg_id: str
+    ce_subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishContext:
+    """What every message published at one moment in one span shares:
+    the CloudEvents ``time`` and the W3C trace context (as envelope attributes
+    and as NATS headers)."""
+
+    attributes: bytes
+    headers: dict[str, str]
+
+    @classmethod
+    def current(cls) -> PublishContext:
+        now = utcnow().isoformat().replace("+00:00", "Z")
+        attributes = [b',"time":"', now.encode(), b'"']
+        headers = {"Content-Type": CONTENT_TYPE}
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            # W3C traceparent, formatted here: the propagator API costs more.
+            traceparent = (
+                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+                f"{int(span_context.trace_flags):02x}"
+            )
+            headers["traceparent"] = traceparent
+            attributes += [b',"traceparent":"', traceparent.encode(), b'"']
+            if span_context.trace_state:
+                tracestate = span_context.trace_state.to_header()
+                headers["tracestate"] = tracestate
+                attributes += [b',"tracestate":', _json(tracestate)]
+        return cls(b"".join(attributes), headers)
+
+
+class AckPolicy(StrEnum):
+    """When :meth:`Broker.consume` acknowledges a message."""
+
+    # Ack after the handler returned; a raising handler gets a delayed nak
+    # (redelivery), so a side effect is never acknowledged before it happened.
+    AFTER_HANDLER = "after_handler"
+    # The handler acks, naks or terms itself (long runs that hand work off).
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery(Generic[C]):
+    """A decoded message handed to a consumer's handler."""
+
+    envelope: Envelope[C]
+    msg: Msg
+
+    @property
+    def data(self) -> C:
+        return self.envelope.data
+
+    @property
+    def attempt(self) -> int:
+        return int(self.msg.metadata.num_delivered or 1)
+
+
+class Broker:
+    """One NATS connection shared by everything in a service instance."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        source: str,
+        readiness: Readiness | None = None,
+    ) -> None:
+        self.settings = settings
+        self.subjects = Subjects(settings.namespace)
+        self.source = source  # CloudEvents `source` of everything we publish
+        self._source_json = b',"source":' + _json(source)
+        self.readiness = readiness or Readiness()
+        self.readiness.set("nats", False, "not connected yet")
+        self._nc: NatsClient | None = None
+        self._shown = ""
+        self._attempts = 0
+        self._js: JetStreamContext | None = None
+
+    @property
+    def nc(self) -> NatsClient:
+        assert self._nc is not None, "Broker.connect() was not awaited"
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        assert self._js is not None, "Broker.connect() was not awaited"
+        return self._js
+
+    # -- connection -------------------------------------------------------------
+
+    async def connect(self, stop: asyncio.Event | None = None) -> None:
+        """Connect, retrying every ``reconnect_wait_seconds`` until ``stop`` is set.
+
+        nats-py itself retries a failed first connection when reconnecting is
+        allowed; each failure reaches :meth:`_on_error`, which reports it in
+        readiness and in one clear log line. Once connected it reconnects by
+        itself forever, and readiness follows the connection state.
+        """
+        cfg = self.settings.nats
+        self._shown = ", ".join(redact(s) for s in cfg.servers)
+        self._attempts = 0
+        nc = NatsClient()
+        self._nc = nc
+        connecting = asyncio.create_task(
+            nc.connect(
+                servers=cfg.servers,
+                connect_timeout=cfg.connect_timeout_seconds,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=cfg.reconnect_wait_seconds,
+                user=cfg.user,
+                password=cfg.password.get_secret_value() if cfg.password else None,
+                token=cfg.token.get_secret_value() if cfg.token else None,
+                user_credentials=cfg.creds_file,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                error_cb=self._on_error,
+                name=self.source,
+            )
+        )
+        waiters: set[asyncio.Future[Any]] = {connecting}
+        if stop is not None:
+            waiters.add(asyncio.ensure_future(stop.wait()))
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters - {connecting}:
+            waiter.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            await asyncio.gather(connecting, return_exceptions=True)
+            await nc.close()
+            raise Stopped
+        connecting.result()
+        self._js = nc.jetstream(publish_async_max_pending=4096)
+        self.readiness.set("nats", True)
+        log.info("nats.connected", servers=self._shown, attempts=self._attempts + 1)
+
+    async def _on_disconnected(self) -> None:
+        self.readiness.set("nats", False, "disconnected, reconnecting")
+        log.warning("nats.disconnected")
+
+    async def _on_reconnected(self) -> None:
+        self.readiness.set("nats", True)
+        log.info("nats.reconnected")
+
+    async def _on_error(self, exc: Exception) -> None:
+        error = str(exc) or type(exc).__name__
+        if self._nc is not None and not self._nc.is_connected and self._js is None:
+            self._attempts += 1
+            self.readiness.set("nats", False, f"unreachable: {type(exc).__name__}")
+            log.warning(
+                "nats.unreachable",
+                servers=self._shown,
+                attempt=self._attempts,
+                retry_in_seconds=self.settings.nats.reconnect_wait_seconds,
+                error=error,
+            )
+        else:
+            log.warning("nats.error", error=error)
+
+    async def close(self) -> None:
+        """Drain: flush what was published, finish subscriptions, close."""
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.drain()
+        self.readiness.set("nats", False, "closed")
+
+    # -- streams ----------------------------------------------------------------
+
+    def stream_config(self, stream: Stream) -> StreamConfig:
+        s = self.settings.streams
+        return StreamConfig(
+            name=self.subjects.stream_name(stream),
+            subjects=self.subjects.stream_subjects(stream),
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE if s.storage == "file" else StorageType.MEMORY,
+            num_replicas=s.replicas,
+            duplicate_window=s.duplicate_window.total_seconds(),
+            max_age=s.max_age[stream].total_seconds(),
+            discard=DiscardPolicy.OLD,
+        )
+
+    async def ensure_streams(self) -> None:
+        """Create or update jobwire's streams; safe when replicas start together."""
+        for stream in Stream:
+            config = self.stream_config(stream)
+            try:
+                await self.js.add_stream(config)
+            except BadRequestError as exc:
+                # 10058: exists with another configuration → bring it to ours.
+                if exc.err_code != 10058:
+                    raise
+                await self.js.update_stream(config)
+        log.info("nats.streams_ready", namespace=self.subjects.namespace)
+
+    # -- publishing -------------------------------------------------------------
+
+    def encode(
+        self,
+        data: Contract,
+        *,
+        msg_id: str,
+        ce_subject: str | None = None,
+        context: PublishContext | None = None,
+    ) -> tuple[bytes, dict[str, str]]:
+        """The structured-mode CloudEvent and NATS headers for ``data``.
+
+        This runs once per message on the hottest path, so the envelope is
+        written directly rather than through an ``Envelope`` model (a third of
+        the cost); tests hold it to what ``decode`` reads back.
+        """
+        context = context or PublishContext.current()
+        parts = [
+            b'{"specversion":"1.0","id":',
+            _json(msg_id),
+            self._source_json,
+            _type_attributes(type(data)),
+            context.attributes,
+        ]
+        if ce_subject is not None:
+            parts += [b',"subject":', _json(ce_subject)]
+        parts += [b',"data":', data.__pydantic_serializer__.to_json(data), b"}"]
+        return b"".join(parts), {MSG_ID_HEADER: msg_id, **context.headers}
+
+    async def publish(
+        self,
+        subject: str,
+        data: Contract,
+        *,
+        msg_id: str,
+        ce_subject: str | None = None,
+        timeout: float = 5.0,
+    ) -> PubAck:
+        """Publish one message and wait for the stream's ack (raises on failure)."""
+        payload, headers = self.encode(data, msg_id=msg_id, ce_subject=ce_subject)
+        return await self.js.publish(subject, payload, headers=headers, timeout=timeout)
+
+    async def publish_batch(
+        self, items: Sequence[Outgoing], *, timeout: float = 10.0
+    ) -> list[PubAck | BaseException]:
+        """Publish many messages pipelined; one result per item, in order.
+
+        An item's result is its ``PubAck`` or the exception that kept it from
+        being stored — callers retry those (the msg id makes a retry safe).
+        """
+        futures: list[asyncio.Future[PubAck]] = []
+        context = PublishContext.current()  # one span, one instant for the batch
+        for item in items:
+            payload, headers = self.encode(
+                item.data, msg_id=item.msg_id, ce_subject=item.ce_subject, context=context
+            )
+            futures.append(await self.js.publish_async(item.subject, payload, headers=headers))
+        if futures:
+            await asyncio.wait(futures, timeout=timeout)
+        results: list[PubAck | BaseException] = []
+        for future in futures:
+            if not future.done():
+                future.cancel()
+                results.append(TimeoutError("no ack from JetStream in time"))
+            elif future.exception() is not None:
+                results.append(future.exception())  # type: ignore[arg-type]
+            else:
+                results.append(future.result())
+        return results
+
+    async def dead_letter(
+        self, source: str, msg: Msg, reason: str, detail: str, *, attempts: int = 1
+    ) -> None:
+        """Keep a message we cannot process, with the reason, on ``<ns>.dlq.<source>``."""
+        now = utcnow()
+        record = DeadLetter(
+            source=source,
+            subject=msg.subject,
+            reason=reason,
+            detail=detail,
+            payload=msg.data,
+            headers=dict(msg.headers or {}),
+            first_failed_at=now,
+            last_failed_at=now,
+            attempts=attempts,
+        )
+        # The dead letter's id derives from the original message so that a
+        # crash between dead-lettering and term() does not store it twice.
+        original = (msg.headers or {}).get(MSG_ID_HEADER) or _sequence_id(msg)
+        await self.publish(self.subjects.dlq(source), record, msg_id=f"dlq:{source}:{original}")
+        log.warning("message.dead_lettered", source=source, subject=msg.subject, reason=reason)
+
+    # -- consuming --------------------------------------------------------------
+
+    async def consume(
+        self,
+        *,
+        stream: Stream,
+        durable: str,
+        filter_subject: str,
+        model: type[C],
+        handler: Callable[[Delivery[C]], Awaitable[Any]],
+        stop: asyncio.Event,
+        ack: AckPolicy = AckPolicy.AFTER_HANDLER,
+        batch: int = 64,
+        ack_wait_seconds: float = 30.0,
+        dlq_source: str | None = None,
+    ) -> None:
+        """Run a durable pull consumer until ``stop`` is set.
+
+        All replicas that use the same ``durable`` share its messages
+        (consumer-group scaling). A message that does not decode as ``model``
+        is poison: it goes to the DLQ with the reason and is terminated.
+        """
+        psub = await self.js.pull_subscribe(
+            filter_subject,
+            durable=durable,
+            stream=self.subjects.stream_name(stream),
+            config=ConsumerConfig(ack_wait=ack_wait_seconds, max_ack_pending=batch * 4),
+        )
+        source = dlq_source or durable
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await psub.fetch(batch, timeout=1.0)
+                except TimeoutError:
+                    continue
+                except Exception as exc:  # disconnected, server restarting …
+                    log.warning("consume.fetch_failed", durable=durable, error=str(exc))
+                    await backoff_wait(1.0, stop)
+                    continue
+                for msg in msgs:
+                    await self._deliver(msg, model, handler, ack, source)
+        except Stopped:
+            pass
+        finally:
+            await psub.unsubscribe()
+
+    async def _deliver(
+        self,
+        msg: Msg,
+        model: type[C],
+        handler: Callable[[Delivery[C]], Awaitable[Any]],
+        ack: AckPolicy,
+        source: str,
+    ) -> None:
+        with tracer.start_as_current_span(
+            f"{msg.subject} process",
+            context=extract_context(msg.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": msg.subject,
+                "messaging.message.id": (msg.headers or {}).get(MSG_ID_HEADER, ""),
+            },
+        ) as span:
+            try:
+                envelope = decode(msg.data, model)
+            except ValidationError as exc:
+                span.set_status(StatusCode.ERROR, "undecodable")
+                await self.dead_letter(source, msg, "undecodable", _first_error(exc))
+                await msg.term()
+                return
+            try:
+                await handler(Delivery(envelope, msg))
+            except asyncio.CancelledError:
+                # Shutdown past its grace period: hand the message back now
+                # rather than letting it wait out the ack timeout.
+                await msg.nak()
+                raise
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR, str(exc))
+                delivered = int(msg.metadata.num_delivered or 1)
+                log.exception("consume.handler_failed", subject=msg.subject, attempt=delivered)
+                if ack is AckPolicy.AFTER_HANDLER:
+                    await msg.nak(delay=min(2.0 ** (delivered - 1), 60.0))
+                return
+            if ack is AckPolicy.AFTER_HANDLER:
+                await msg.ack()
+
+
+def _json(value: str) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+@functools.cache
+def _type_attributes(model: type[Contract]) -> bytes:
+    """The envelope attributes that depend only on the data's class."""
+    return (
+        b',"type":'
+        + _json(model.ce_type())
+        + b',"datacontenttype":"application/json","dataschema":'
+        + _json(model.schema_uri())
+    )
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "message"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def _sequence_id(msg: Msg) -> str:
+    try:
+        return f"{msg.metadata.stream}:{msg.metadata.sequence.stream}"
+    except Exception:
+        return f"t{time.time_ns()}"

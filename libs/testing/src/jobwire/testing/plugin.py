@@ -1,0 +1,322 @@
+"""pytest plugin: real PostgreSQL, NATS JetStream and Kafka-protocol servers for tests.
+
+Each server fixture reuses a server already listening at the configured address
+and otherwise starts its own on a free loopback port in a temporary directory,
+stopping (by PID) only what it started. Configuration, read when a fixture first
+needs it:
+
+``JOBWIRE_TEST_DATABASE_URL``
+    PostgreSQL to reuse (default ``postgresql://postgres@127.0.0.1:5432/postgres``).
+``JOBWIRE_TEST_NATS_URL``
+    NATS with JetStream to reuse (default ``nats://127.0.0.1:4222``).
+``JOBWIRE_TEST_KAFKA_BOOTSTRAP``
+    Kafka-protocol broker to reuse (no default: a Tansu broker is started).
+``JOBWIRE_TEST_START_SERVERS=1``
+    Start our own servers even if the above listen: the fresh-machine path.
+
+Per-test isolation comes from unique names, not from separate servers: a fresh
+database per test (``database_url``), a subject/stream namespace (``namespace``)
+and a topic (``kafka_topic``), each removed after the test.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote, urlsplit
+
+import asyncpg  # type: ignore[import-untyped]
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NatsClient
+
+from jobwire.runtime.embedded import NatsServer, PostgresServer, is_listening
+from jobwire.testing.jetstream import purge_namespace
+from jobwire.testing.kafka import TansuBroker, create_topic, delete_topics
+
+__all__ = [
+    "HarnessSettings",
+    "KafkaTopicFactory",
+    "NatsServerFactory",
+    "PostgresServerFactory",
+]
+
+_TRUE = {"1", "true", "yes", "on"}
+_SERVERS_USED = pytest.StashKey[list[str]]()
+
+
+@dataclass(frozen=True)
+class HarnessSettings:
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    nats_url: str = "nats://127.0.0.1:4222"
+    kafka_bootstrap: str | None = None
+    start_servers: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> HarnessSettings:
+        defaults = cls()
+        return cls(
+            database_url=environ.get("JOBWIRE_TEST_DATABASE_URL") or defaults.database_url,
+            nats_url=environ.get("JOBWIRE_TEST_NATS_URL") or defaults.nats_url,
+            kafka_bootstrap=environ.get("JOBWIRE_TEST_KAFKA_BOOTSTRAP") or None,
+            start_servers=environ.get("JOBWIRE_TEST_START_SERVERS", "").lower() in _TRUE,
+        )
+
+
+class NatsServerFactory(Protocol):
+    def __call__(self, port: int | None = None) -> NatsServer: ...
+
+
+class PostgresServerFactory(Protocol):
+    def __call__(self, port: int | None = None) -> PostgresServer: ...
+
+
+class KafkaTopicFactory(Protocol):
+    async def __call__(self, partitions: int = 1) -> str: ...
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "kafka_topic(partitions=1): options for the topic the kafka_topic fixture creates",
+    )
+    config.stash[_SERVERS_USED] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    used = terminalreporter.config.stash.get(_SERVERS_USED, [])
+    if used:
+        terminalreporter.write_sep("-", "jobwire test servers")
+        for line in used:
+            terminalreporter.write_line(line)
+
+
+def _record(config: pytest.Config, line: str) -> None:
+    config.stash.setdefault(_SERVERS_USED, []).append(line)
+
+
+def _listening(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    return is_listening(parts.hostname or "127.0.0.1", parts.port or default_port)
+
+
+@pytest.fixture(scope="session")
+def jobwire_harness_settings() -> HarnessSettings:
+    return HarnessSettings.from_env()
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def _start_postgres(port: int | None = None) -> PostgresServer:
+    # Not under pytest's basetemp: that is 0700 root-owned, and as root the
+    # server runs as the 'postgres' user, which must be able to reach its data.
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="jobwire-pg-")), port)
+    try:
+        server.start()
+    except BaseException:
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+        raise
+    return server
+
+
+def _discard_postgres(server: PostgresServer) -> None:
+    try:
+        server.stop()
+    finally:
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(
+    request: pytest.FixtureRequest, jobwire_harness_settings: HarnessSettings
+) -> Iterator[str]:
+    """DSN of a PostgreSQL superuser connection (reused or started for the session)."""
+    settings = jobwire_harness_settings
+    if not settings.start_servers and _listening(settings.database_url, 5432):
+        _record(request.config, f"PostgreSQL: reused {settings.database_url}")
+        yield settings.database_url
+        return
+    server = _start_postgres()
+    _record(request.config, f"PostgreSQL: started {server.dsn} (pid {server.pid})")
+    try:
+        yield server.dsn
+    finally:
+        _discard_postgres(server)
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _with_database(dsn: str, database: str) -> str:
+    return urlsplit(dsn)._replace(path="/" + quote(database, safe="")).geturl()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def database_url(postgres_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty database for this test only, dropped afterwards."""
+    name = f"t_{secrets.token_hex(5)}"
+    connection = await asyncpg.connect(postgres_dsn)
+    try:
+        # template0: nobody ever connects to it, unlike template1, so concurrent
+        # CREATE DATABASE runs (other sessions on a shared server) cannot collide.
+        await connection.execute(f"CREATE DATABASE {_quote_ident(name)} TEMPLATE template0")
+    finally:
+        await connection.close()
+    try:
+        yield _with_database(postgres_dsn, name)
+    finally:
+        connection = await asyncpg.connect(postgres_dsn)
+        try:
+            # FORCE ends connections a test left open (e.g. after a failure).
+            await connection.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
+        finally:
+            await connection.close()
+
+
+@pytest.fixture
+def postgres_server_factory() -> Iterator[PostgresServerFactory]:
+    """Start dedicated PostgreSQL servers this test owns (for outage and restart tests).
+
+    Each gets its own port and data directory; all are stopped and removed after
+    the test. ``server.stop()`` / ``server.start()`` keep port and data.
+    """
+    servers: list[PostgresServer] = []
+
+    def start(port: int | None = None) -> PostgresServer:
+        server = _start_postgres(port)
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            _discard_postgres(server)
+
+
+# ---------------------------------------------------------------------- NATS
+
+
+@pytest.fixture(scope="session")
+def nats_url(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    jobwire_harness_settings: HarnessSettings,
+) -> Iterator[str]:
+    """URL of a NATS server with JetStream (reused or started for the session)."""
+    settings = jobwire_harness_settings
+    if not settings.start_servers and _listening(settings.nats_url, 4222):
+        _record(request.config, f"NATS: reused {settings.nats_url}")
+        yield settings.nats_url
+        return
+    with NatsServer(tmp_path_factory.mktemp("nats-server")) as server:
+        _record(request.config, f"NATS: started {server.url} (pid {server.pid})")
+        yield server.url
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def namespace(nats_url: str) -> AsyncIterator[str]:
+    """A unique ``t<10 hex>`` subject namespace; its streams and buckets are deleted after."""
+    value = f"t{secrets.token_hex(5)}"
+    yield value
+    await purge_namespace(nats_url, value)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def nats_client(nats_url: str) -> AsyncIterator[NatsClient]:
+    """A connected nats-py client, drained after the test."""
+    client = await nats.connect(nats_url, name="jobwire-tests", connect_timeout=5)
+    try:
+        yield client
+    finally:
+        if not client.is_closed:
+            await client.drain()
+
+
+@pytest.fixture
+def nats_server_factory(tmp_path: Path) -> Iterator[NatsServerFactory]:
+    """Start dedicated NATS servers this test owns (for outage tests).
+
+    Each gets its own port and store directory; ``server.stop()`` then
+    ``server.start()`` brings it back on the same port with its JetStream data.
+    All are stopped after the test.
+    """
+    servers: list[NatsServer] = []
+
+    def start(port: int | None = None) -> NatsServer:
+        server = NatsServer(tmp_path / f"nats-server-{len(servers)}", port)
+        servers.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+
+
+# --------------------------------------------------------------------- Kafka
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    jobwire_harness_settings: HarnessSettings,
+) -> Iterator[str]:
+    """``host:port`` of a Kafka-protocol broker: Tansu (not Apache Kafka) unless configured."""
+    settings = jobwire_harness_settings
+    configured = settings.kafka_bootstrap
+    if configured and not settings.start_servers:
+        first = configured.split(",")[0].strip()
+        host, _, port = first.rpartition(":")
+        if is_listening(host or "127.0.0.1", int(port or 9092)):
+            _record(request.config, f"Kafka: reused {configured}")
+            yield configured
+            return
+    with TansuBroker(tmp_path_factory.mktemp("tansu")) as broker:
+        _record(request.config, f"Kafka: started Tansu at {broker.bootstrap} (pid {broker.pid})")
+        yield broker.bootstrap
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def kafka_topic_factory(kafka_bootstrap: str) -> AsyncIterator[KafkaTopicFactory]:
+    """``await kafka_topic_factory(partitions=N)`` creates a unique topic; all deleted after."""
+    created: list[str] = []
+
+    async def create(partitions: int = 1) -> str:
+        topic = await create_topic(kafka_bootstrap, partitions)
+        created.append(topic)
+        return topic
+
+    try:
+        yield create
+    finally:
+        await delete_topics(kafka_bootstrap, created)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def kafka_topic(
+    request: pytest.FixtureRequest, kafka_topic_factory: KafkaTopicFactory
+) -> str:
+    """A unique topic, deleted after the test.
+
+    Partitions: ``@pytest.mark.kafka_topic(partitions=3)``, or indirect
+    parametrisation with the partition count, else 1.
+    """
+    marker = request.node.get_closest_marker("kafka_topic")
+    if marker is not None:
+        partitions = int(marker.kwargs.get("partitions", 1))
+    else:
+        partitions = int(getattr(request, "param", 1))
+    return await kafka_topic_factory(partitions)
