@@ -29,8 +29,8 @@ from pathlib import Path
 import nats
 from opentelemetry import trace
 
-from jobwire.contracts.workflows import Origin, StartWorkflow
 from jobwire.contracts.subjects import Stream
+from jobwire.contracts.workflows import Origin, StartWorkflow
 from jobwire.runtime.broker import Broker, Outgoing
 from jobwire.runtime.embedded import NatsServer
 from jobwire.runtime.settings import ServiceSettings
@@ -56,7 +56,8 @@ async def bare_round(url: str, subject: str, payload: bytes, n: int, tag: str) -
     ]
     acks = await asyncio.gather(*futures)
     elapsed = time.perf_counter() - start
-    assert len(acks) == n and not any(a.duplicate for a in acks)
+    assert len(acks) == n
+    assert not any(a.duplicate for a in acks)
     await nc.close()
     return n / elapsed
 

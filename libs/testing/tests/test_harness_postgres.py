@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import pytest
 
 from jobwire.runtime.embedded import pid_alive

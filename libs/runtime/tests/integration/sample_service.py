@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from jobwire.contracts.envelope import utcnow
 from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.runs import RunFinished, RunStarted
-from jobwire.contracts.envelope import utcnow
 from jobwire.contracts.subjects import RunEvent, Stream
 from jobwire.runtime.broker import Delivery
 from jobwire.runtime.service import ServiceContext, ServiceSpec, serve

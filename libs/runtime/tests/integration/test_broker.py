@@ -6,8 +6,8 @@ import asyncio
 import json
 import logging
 import uuid
-from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from jobwire.contracts.deadletter import DeadLetter
-from jobwire.contracts.jobs import JobDue
-from jobwire.contracts.workflows import StartWorkflow
 from jobwire.contracts.envelope import decode
+from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.subjects import Stream
+from jobwire.contracts.workflows import StartWorkflow
 from jobwire.runtime.broker import AckPolicy, Broker, Delivery, Outgoing, Stopped
 from jobwire.runtime.embedded import NatsServer
 from jobwire.runtime.settings import ServiceSettings
@@ -198,7 +198,7 @@ async def test_poison_goes_to_the_dlq_with_its_reason_and_the_consumer_moves_on(
     )
     letters = [decode(m.data, DeadLetter).data for m in await dlq.fetch(2, timeout=5)]
     await dlq.unsubscribe()
-    assert [letter.payload for letter in letters][0] == b"{not json"
+    assert letters[0].payload == b"{not json"
     assert all(letter.reason == "undecodable" for letter in letters)
     assert "source" in letters[1].detail  # the missing field is named
     assert letters[0].subject == subject
@@ -234,8 +234,12 @@ async def test_a_failing_handler_is_redelivered_until_it_succeeds(broker: Broker
     finally:
         logging.getLogger("jobwire.broker").disabled = False
     assert attempts == [1, 2, 3]
-    consumer = await broker.js.consumer_info(broker.subjects.stream_name(Stream.JOBS), "flaky-test")
-    await wait_for(lambda: consumer.num_ack_pending == 0, timeout=1, description="acked")
+
+    async def settled() -> bool:
+        info = await broker.js.consumer_info(broker.subjects.stream_name(Stream.JOBS), "flaky-test")
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    await wait_for(settled, timeout=5, description="the message acked, nothing pending")
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ async def test_an_edited_applied_migration_stops_the_start(
     try:
         await migrate(pool, "svc", load_migrations(migrations_dir))
         (migrations_dir / "0002_seed.sql").write_text("INSERT INTO jobs (name) VALUES ('other');")
-        with pytest.raises(MigrationError, match="0002_seed.sql was changed"):
+        with pytest.raises(MigrationError, match=r"0002_seed\.sql was changed"):
             await migrate(pool, "svc", load_migrations(migrations_dir))
     finally:
         await pool.close()

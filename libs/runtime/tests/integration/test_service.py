@@ -16,8 +16,8 @@ import httpx
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.envelope import Envelope
+from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.subjects import RunEvent, Stream, Subjects
 from jobwire.runtime.embedded import free_port
 from jobwire.runtime.hosts import live_hosts

@@ -18,7 +18,7 @@ def test_loads_in_version_order(tmp_path: Path) -> None:
 
 def test_refuses_a_badly_named_file(tmp_path: Path) -> None:
     (tmp_path / "1_first.sql").write_text("SELECT 1;")
-    with pytest.raises(MigrationError, match="1_first.sql"):
+    with pytest.raises(MigrationError, match=r"1_first\.sql"):
         load_migrations(tmp_path)
 
 

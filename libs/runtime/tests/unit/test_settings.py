@@ -16,12 +16,14 @@ def test_reads_prefixed_and_nested_variables(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("JOBWIRE_NATS__PASSWORD", "hunter2")
     monkeypatch.setenv("JOBWIRE_STREAMS__REPLICAS", "3")
     monkeypatch.setenv("JOBWIRE_STREAMS__DUPLICATE_WINDOW", "PT2M")
+    monkeypatch.setenv("JOBWIRE_STREAMS__MAX_AGE", '{"DLQ": "P90D"}')
     settings = load_settings(ServiceSettings)
     assert settings.namespace == "acme"
     assert settings.nats.servers == ["nats://a:4222", "nats://b:4222"]
     assert settings.streams.replicas == 3
     assert settings.streams.duplicate_window == timedelta(minutes=2)
-    assert settings.streams.max_age[Stream.DLQ] == timedelta(days=30)
+    assert settings.streams.retention(Stream.DLQ) == timedelta(days=90)
+    assert settings.streams.retention(Stream.JOBS) == timedelta(days=7)
     # A secret stays a secret when printed.
     assert "hunter2" not in repr(settings)
     assert settings.nats.password is not None

@@ -17,9 +17,15 @@ from pathlib import Path
 import asyncpg
 import typer
 
-from jobwire.runtime.embedded import NatsServer, PostgresServer, free_port, is_listening
+from jobwire.runtime.embedded import (
+    EmbeddedServerError,
+    NatsServer,
+    PostgresServer,
+    free_port,
+    is_listening,
+)
 from jobwire.runtime.logs import setup_logging
-from jobwire.runtime.service import VERSION, install_signal_handlers, run_services
+from jobwire.runtime.service import VERSION, ServiceSpec, install_signal_handlers, run_services
 from jobwire.runtime.settings import ServiceSettings, SettingsError, load_settings
 from jobwire.runtime.telemetry import setup_telemetry, shutdown_telemetry
 
@@ -71,6 +77,14 @@ def run_dev(data_dir: str) -> int:
     data = Path(data_dir).absolute()
     data.mkdir(parents=True, exist_ok=True)
     services = installed_services()
+    try:
+        return _run(data, services)
+    except EmbeddedServerError as exc:
+        typer.echo(f"jobwire dev: {exc}", err=True)
+        return 1
+
+
+def _run(data: Path, services: dict[str, ServiceSpec]) -> int:
     with contextlib.ExitStack() as stack:
         if os.environ.get("JOBWIRE_NATS__URL"):
             nats_url = os.environ["JOBWIRE_NATS__URL"]

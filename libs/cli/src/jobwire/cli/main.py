@@ -16,7 +16,10 @@ import typer
 from jobwire.runtime.service import ServiceSpec, serve
 
 app = typer.Typer(
-    help="jobwire: job execution on NATS JetStream.", no_args_is_help=True, add_completion=False
+    help="jobwire: job execution on NATS JetStream.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
 )
 
 SERVICE_GROUP = "jobwire.services"
@@ -86,7 +89,7 @@ def hosts() -> None:
                 h.service,
                 h.host,
                 h.instance_id,
-                h.version,
+                h.jobwire_version,
                 "yes" if h.ready else "no",
                 h.started_at.isoformat(timespec="seconds"),
                 h.heartbeat_at.isoformat(timespec="seconds"),

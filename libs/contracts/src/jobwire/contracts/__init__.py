@@ -15,6 +15,7 @@ from jobwire.contracts.envelope import (
     decode,
 )
 from jobwire.contracts.errors import ContractError
+from jobwire.contracts.hosts import HostInfo
 from jobwire.contracts.job_types import (
     JobParams,
     StartWorkflowParams,
@@ -61,6 +62,7 @@ __all__ = [
     "EmailObject",
     "Envelope",
     "FileObject",
+    "HostInfo",
     "JobDue",
     "JobParams",
     "JobTypeName",

@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from jobwire.contracts.deadletter import DeadLetter
 from jobwire.contracts.envelope import CONTENT_TYPE, Contract, Envelope, Versioned
+from jobwire.contracts.hosts import HostInfo
 from jobwire.contracts.job_types import job_types
 from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.objects import EmailObject, FileObject
@@ -26,8 +27,9 @@ from jobwire.contracts.workflows import StartWorkflow
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 ENVELOPE_SCHEMA_ID = "urn:jobwire:schema:Envelope:v1"
 
-OBJECT_MODELS: tuple[type[Versioned], ...] = (FileObject, EmailObject)
-"""Models published for reference although no subject carries them directly."""
+OBJECT_MODELS: tuple[type[Versioned], ...] = (FileObject, EmailObject, HostInfo)
+"""Models published for reference although no subject carries them directly
+(objects inside StartWorkflow input; host registry entries in NATS KV)."""
 
 _REFS = "#/components/schemas/{model}"
 

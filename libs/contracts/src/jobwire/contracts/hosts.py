@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, Field
+
+from jobwire.contracts.envelope import Versioned
 
 
-class HostInfo(BaseModel):
-    """One live service instance."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
+class HostInfo(Versioned):
+    """One live service instance, as stored under its instance id in the registry."""
 
     service: str = Field(description="service name, e.g. scheduler")
     instance_id: str = Field(description="unique per process; the registry key")
     host: str = Field(description="host (pod) name")
-    version: str = Field(description="jobwire version the instance runs")
+    jobwire_version: str = Field(description="jobwire release the instance runs")
     started_at: AwareDatetime
     heartbeat_at: AwareDatetime = Field(description="time of the latest heartbeat")
     ready: bool = Field(description="whether the instance passes its readiness checks")

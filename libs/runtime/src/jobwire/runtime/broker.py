@@ -256,7 +256,7 @@ class Broker:
             storage=StorageType.FILE if s.storage == "file" else StorageType.MEMORY,
             num_replicas=s.replicas,
             duplicate_window=s.duplicate_window.total_seconds(),
-            max_age=s.max_age[stream].total_seconds(),
+            max_age=s.retention(stream).total_seconds(),
             discard=DiscardPolicy.OLD,
         )
 

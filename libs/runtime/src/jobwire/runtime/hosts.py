@@ -50,7 +50,7 @@ class HostRegistry:
             "service": service,
             "instance_id": instance_id,
             "host": host,
-            "version": version,
+            "jobwire_version": version,
         }
         self._started_at = utcnow()
         self._kv: KeyValue | None = None

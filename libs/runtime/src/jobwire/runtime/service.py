@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from importlib.resources.abc import Traversable
@@ -60,7 +60,7 @@ class ServiceContext:
         return self.db
 
 
-ServiceMain = Callable[[ServiceContext], Awaitable[None]]
+ServiceMain = Callable[[ServiceContext], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class ServiceSpec:
 async def run_service(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
     """Run one service until ``stop`` is set or its ``main`` returns."""
     readiness = Readiness()
+    readiness.set("started", False, "starting")
     broker = Broker(
         settings, source=f"/jobwire/{spec.name}/{settings.instance_id}", readiness=readiness
     )
@@ -119,12 +120,14 @@ async def run_service(spec: ServiceSpec, settings: ServiceSettings, stop: asynci
             status=lambda: ctx.status,
         )
         await hosts.start()
+        readiness.set("started", True)
+        await hosts.beat()  # announce readiness now, not a heartbeat later
         log.info("service.started", service=spec.name, instance_id=settings.instance_id)
         await _serve(spec, ctx)
     except Stopped:
         log.info("service.stopped_before_ready", service=spec.name)
     finally:
-        readiness.set("shutdown", False, "stopping")
+        readiness.set("started", False, "stopping")
         if hosts is not None:
             await hosts.stop()
         await broker.close()

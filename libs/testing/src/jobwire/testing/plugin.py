@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import nats
 import pytest
 import pytest_asyncio
