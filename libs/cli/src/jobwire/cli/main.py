@@ -97,12 +97,13 @@ def hosts() -> None:
             for h in found
         ]
 
-    from jobwire.runtime.broker import Stopped
+    from jobwire.runtime.broker import Stopped, redact
 
     try:
         rows = asyncio.run(fetch())
     except Stopped:
-        typer.echo(f"jobwire hosts: NATS unreachable at {settings.nats.url}", err=True)
+        shown = ", ".join(redact(url) for url in settings.nats.servers)
+        typer.echo(f"jobwire hosts: NATS unreachable at {shown}", err=True)
         raise typer.Exit(1) from None
     table = Table("service", "host", "instance", "version", "ready", "started", "heartbeat")
     for row in rows:

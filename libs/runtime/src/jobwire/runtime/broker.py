@@ -156,6 +156,7 @@ class Broker:
         self._nc: NatsClient | None = None
         self._shown = ""
         self._attempts = 0
+        self._closing = False
         self._js: JetStreamContext | None = None
 
     @property
@@ -217,6 +218,8 @@ class Broker:
         log.info("nats.connected", servers=self._shown, attempts=self._attempts + 1)
 
     async def _on_disconnected(self) -> None:
+        if self._closing:
+            return
         self.readiness.set("nats", False, "disconnected, reconnecting")
         log.warning("nats.disconnected")
 
@@ -241,6 +244,7 @@ class Broker:
 
     async def close(self) -> None:
         """Drain: flush what was published, finish subscriptions, close."""
+        self._closing = True
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.drain()
         self.readiness.set("nats", False, "closed")

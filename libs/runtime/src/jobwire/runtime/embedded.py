@@ -162,7 +162,41 @@ def _find_nats_server() -> str:
     )
 
 
-class NatsServer:
+class EmbeddedServer:
+    """A server process we start and must stop; usable as a context manager."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM ``process`` by PID, SIGKILL it after ``timeout``; nothing if it is not running."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class NatsServer(EmbeddedServer):
     """A ``nats-server`` with JetStream on 127.0.0.1, storing under ``store_dir``.
 
     The port is fixed at construction, so ``stop()`` then ``start()`` brings the
@@ -233,26 +267,7 @@ class NatsServer:
         Safe to call when the server is not running.
         """
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        terminate(process, timeout)
 
     def __repr__(self) -> str:
         return f"NatsServer(url={self.url!r}, pid={self.pid}, store_dir={str(self.store_dir)!r})"
@@ -289,7 +304,7 @@ def _find_postgres_bin_dir() -> Path:
     )
 
 
-class PostgresServer:
+class PostgresServer(EmbeddedServer):
     """A PostgreSQL cluster in ``data_dir``, served on 127.0.0.1 with trust auth.
 
     ``start()`` runs ``initdb`` the first time (empty or missing ``data_dir``) and
@@ -388,18 +403,6 @@ class PostgresServer:
             os.kill(pid, signal.SIGKILL)
         if not _wait_pid_gone(pid, timeout):
             raise EmbeddedServerError(f"PostgreSQL postmaster (pid {pid}) survived SIGKILL")
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"PostgresServer(dsn={self.dsn!r}, pid={self.pid}, data_dir={str(self.data_dir)!r})"

@@ -14,18 +14,23 @@ import importlib.resources
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from jobwire.runtime.embedded import LOOPBACK, EmbeddedServerError, free_port, is_listening
+from jobwire.runtime.embedded import (
+    LOOPBACK,
+    EmbeddedServer,
+    EmbeddedServerError,
+    free_port,
+    is_listening,
+    terminate,
+)
 
 __all__ = ["TansuBroker", "create_topic", "delete_topics", "wait_kafka_ready"]
 
@@ -88,7 +93,7 @@ def _run_in_own_loop(coroutine: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coroutine).result()
 
 
-class TansuBroker:
+class TansuBroker(EmbeddedServer):
     """A memory-only Tansu broker on 127.0.0.1, logging to ``log_dir/tansu.log``."""
 
     def __init__(self, log_dir: Path, port: int | None = None) -> None:
@@ -152,26 +157,7 @@ class TansuBroker:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM by PID, SIGKILL after ``timeout``; safe when not running."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        terminate(process, timeout)
 
 
 async def create_topic(bootstrap: str, partitions: int = 1, *, name: str | None = None) -> str:
