@@ -40,6 +40,12 @@ class JobDue(Contract):
     max_attempts: int = Field(
         default=1, ge=1, description="Attempts allowed in total; 1 means no retry."
     )
+    retry_backoff_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Delay before the second attempt; each further retry waits twice as "
+        "long (capped by the worker). Null: the worker's default.",
+    )
     timeout_seconds: float | None = Field(
         default=None,
         gt=0,

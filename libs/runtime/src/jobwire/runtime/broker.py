@@ -8,6 +8,7 @@ that trace and sends undecodable messages to the dead-letter stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
@@ -19,9 +20,11 @@ from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import MsgAlreadyAckdError
 from nats.js import JetStreamContext
 from nats.js.api import (
     ConsumerConfig,
+    ConsumerInfo,
     DiscardPolicy,
     PubAck,
     RetentionPolicy,
@@ -79,6 +82,15 @@ class Outgoing:
     data: Contract
     msg_id: str
     ce_subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A message ready for the wire: what :meth:`Broker.encode` returns, with its subject."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,13 +339,24 @@ class Broker:
         An item's result is its ``PubAck`` or the exception that kept it from
         being stored — callers retry those (the msg id makes a retry safe).
         """
-        futures: list[asyncio.Future[PubAck]] = []
         context = PublishContext.current()  # one span, one instant for the batch
+        encoded = []
         for item in items:
             payload, headers = self.encode(
                 item.data, msg_id=item.msg_id, ce_subject=item.ce_subject, context=context
             )
-            futures.append(await self.js.publish_async(item.subject, payload, headers=headers))
+            encoded.append(Encoded(item.subject, payload, headers))
+        return await self.publish_encoded(encoded, timeout=timeout)
+
+    async def publish_encoded(
+        self, items: Sequence[Encoded], *, timeout: float = 10.0
+    ) -> list[PubAck | BaseException]:
+        """Publish messages encoded earlier by :meth:`encode` (e.g. kept in an outbox)."""
+        futures: list[asyncio.Future[PubAck]] = []
+        for item in items:
+            futures.append(
+                await self.js.publish_async(item.subject, item.payload, headers=item.headers)
+            )
         if futures:
             await asyncio.wait(futures, timeout=timeout)
         results: list[PubAck | BaseException] = []
@@ -371,6 +394,31 @@ class Broker:
 
     # -- consuming --------------------------------------------------------------
 
+    def consumer_config(
+        self, durable: str, filter_subject: str, *, ack_wait_seconds: float, max_ack_pending: int
+    ) -> ConsumerConfig:
+        """The durable pull consumer :meth:`consume` binds to.
+
+        ``max_deliver`` is left unlimited: a handler that counts attempts
+        (the worker loop) decides when to give up, not the server.
+        """
+        return ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            filter_subject=filter_subject,
+            ack_wait=ack_wait_seconds,
+            max_ack_pending=max_ack_pending,
+        )
+
+    async def ensure_consumer(self, stream: Stream, config: ConsumerConfig) -> ConsumerInfo:
+        """Create the durable consumer, or bring an existing one to ``config``.
+
+        :meth:`consume` alone keeps an existing consumer's configuration; a
+        caller whose correctness depends on it (the worker's ack wait against
+        its heartbeat) applies it first with this.
+        """
+        return await self.js.add_consumer(self.subjects.stream_name(stream), config=config)
+
     async def consume(
         self,
         *,
@@ -384,24 +432,51 @@ class Broker:
         batch: int = 64,
         ack_wait_seconds: float = 30.0,
         dlq_source: str | None = None,
+        concurrency: int = 1,
+        max_ack_pending: int | None = None,
     ) -> None:
         """Run a durable pull consumer until ``stop`` is set.
 
         All replicas that use the same ``durable`` share its messages
         (consumer-group scaling). A message that does not decode as ``model``
         is poison: it goes to the DLQ with the reason and is terminated.
+
+        With ``concurrency`` > 1, up to that many handlers run at once, and
+        only as many messages are fetched as there are free slots, so that no
+        message waits out its ack deadline in a local queue. Once ``stop`` is
+        set no more are fetched and the running handlers are awaited; if this
+        coroutine is cancelled instead, they are cancelled and their messages
+        handed back (nak).
         """
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         psub = await self.js.pull_subscribe(
             filter_subject,
             durable=durable,
             stream=self.subjects.stream_name(stream),
-            config=ConsumerConfig(ack_wait=ack_wait_seconds, max_ack_pending=batch * 4),
+            config=self.consumer_config(
+                durable,
+                filter_subject,
+                ack_wait_seconds=ack_wait_seconds,
+                max_ack_pending=max_ack_pending or batch * 4,
+            ),
         )
         source = dlq_source or durable
+        running: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("consume.delivery_crashed", durable=durable, error=repr(task.exception()))
+
         try:
             while not stop.is_set():
+                if len(running) >= concurrency:
+                    await _wait_for_any(running, stop)
+                    continue
+                want = batch if concurrency == 1 else min(batch, concurrency - len(running))
                 try:
-                    msgs = await psub.fetch(batch, timeout=1.0)
+                    msgs = await psub.fetch(want, timeout=1.0)
                 except TimeoutError:
                     continue
                 except Exception as exc:  # disconnected, server restarting …
@@ -409,10 +484,21 @@ class Broker:
                     await backoff_wait(1.0, stop)
                     continue
                 for msg in msgs:
-                    await self._deliver(msg, model, handler, ack, source)
+                    delivery = self._deliver(msg, model, handler, ack, source)
+                    if concurrency == 1:
+                        await delivery
+                        continue
+                    task = asyncio.create_task(delivery, name=f"{durable}-delivery")
+                    running.add(task)
+                    task.add_done_callback(finished)
+            if running:  # stopping: let in-flight handlers finish
+                await asyncio.wait(set(running))
         except Stopped:
             pass
         finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
             await psub.unsubscribe()
 
     async def _deliver(
@@ -444,8 +530,10 @@ class Broker:
                 await handler(Delivery(envelope, msg))
             except asyncio.CancelledError:
                 # Shutdown past its grace period: hand the message back now
-                # rather than letting it wait out the ack timeout.
-                await msg.nak()
+                # rather than letting it wait out the ack timeout (unless the
+                # handler settled it already).
+                with contextlib.suppress(MsgAlreadyAckdError):
+                    await msg.nak()
                 raise
             except Exception as exc:
                 span.record_exception(exc)
@@ -457,6 +545,15 @@ class Broker:
                 return
             if ack is AckPolicy.AFTER_HANDLER:
                 await msg.ack()
+
+
+async def _wait_for_any(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None:
+    """Return when one of ``tasks`` is done or ``stop`` is set."""
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
 
 
 def _json(value: str) -> bytes:

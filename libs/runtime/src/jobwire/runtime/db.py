@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
@@ -116,6 +117,12 @@ async def migrate(pool: asyncpg.Pool, schema: str, migrations: list[Migration]) 
     return applied_now
 
 
+async def _json_codecs(conn: asyncpg.Connection) -> None:
+    # json/jsonb columns read and write Python objects, in every service alike.
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
 async def connect_pool(
     dsn: str,
     *,
@@ -130,7 +137,7 @@ async def connect_pool(
     while True:
         attempt += 1
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size)
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, init=_json_codecs)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             readiness.set("database", False, f"unreachable: {type(exc).__name__}")
             log.warning(

@@ -1,0 +1,135 @@
+"""Job definitions: what an operator writes, validated before anything is stored.
+
+A definition is refused as a whole, with every problem named by its field path
+(``schedule.cron.expression``, ``params.workflow``, ``type``), so that an API or
+CLI can show the user exactly what to fix and nothing half-valid is saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Literal, Self
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from jobwire.contracts.errors import ContractError
+from jobwire.contracts.job_types import validate_params
+from jobwire.scheduler.domain.schedule import Schedule, next_fire
+
+
+class _Strict(BaseModel):
+    # Written by people: a misspelt key is an error, not silently ignored.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MisfirePolicy(_Strict):
+    """What happens to slots that passed while nothing could fire them (an outage, a pause)."""
+
+    policy: Literal["skip", "fire_once", "fire_all"] = Field(
+        "fire_once",
+        description="skip: record each missed slot as skipped; fire_once: one run for all "
+        "of them; fire_all: one run per missed slot, the latest `max_catch_up` of them",
+    )
+    max_catch_up: int = Field(10, ge=1, le=1000, description="bound of fire_all")
+    grace_seconds: float = Field(
+        60.0, ge=0, description="a slot fired later than this counts as missed"
+    )
+
+
+class OverlapPolicy(_Strict):
+    """What happens when a slot comes due while earlier runs of the job are still active."""
+
+    policy: Literal["allow", "queue", "skip"] = Field(
+        "skip",
+        description="allow: run in parallel up to max_parallel; queue: wait for a free slot "
+        "(up to max_queued waiting); skip: record the slot as skipped",
+    )
+    max_parallel: int = Field(1, ge=1, le=1000)
+    max_queued: int = Field(10, ge=0, le=10_000)
+
+
+class After(_Strict):
+    """Chaining: fire this job when a run of ``job`` ends the way ``on`` says."""
+
+    job: str = Field(min_length=1, description="name of the upstream job")
+    on: Literal["succeeded", "failed", "finished"] = "succeeded"
+
+
+class JobDefinition(_Strict):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
+    type: str = Field(min_length=1, description="a registered job type")
+    description: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+    group: str | None = Field(None, min_length=1, max_length=200)
+    tags: list[str] = Field(default_factory=list)
+    priority: int = Field(0, ge=-1000, le=1000, description="higher is claimed first")
+    schedule: Schedule | None = Field(
+        None, description="none: fired only by chaining or a manual trigger (or a listener)"
+    )
+    start_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+    misfire: MisfirePolicy = Field(default_factory=MisfirePolicy)
+    overlap: OverlapPolicy = Field(default_factory=OverlapPolicy)
+    max_attempts: int = Field(1, ge=1, le=100)
+    retry_backoff_seconds: float = Field(10.0, gt=0, le=86_400)
+    timeout_seconds: float | None = Field(None, gt=0)
+    after: list[After] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.start_at and self.expires_at and self.expires_at <= self.start_at:
+            raise ValueError("expires_at must be later than start_at")
+        if any(a.job == self.name for a in self.after):
+            raise ValueError("after: a job cannot be chained to itself")
+        return self
+
+    def first_fire(self, now: datetime) -> datetime | None:
+        """The first slot to fire for a definition saved (or re-enabled) at ``now``."""
+        if self.schedule is None:
+            return None
+        after = max(now, self.start_at) if self.start_at else now
+        # A slot exactly at start_at counts: step back a microsecond.
+        if self.start_at and self.start_at >= now:
+            after = self.start_at - _MICROSECOND
+        fire = next_fire(self.schedule, after)
+        if fire is None or (self.expires_at and fire >= self.expires_at):
+            return None
+        return fire
+
+
+class DefinitionError(ValueError):
+    """A definition was refused. ``problems`` is a list of (field path, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{field}: {message}" for field, message in problems))
+
+
+def parse_definition(data: Mapping[str, Any]) -> JobDefinition:
+    """Validate a definition, its parameters included, or raise :class:`DefinitionError`."""
+    try:
+        definition = JobDefinition.model_validate(dict(data))
+    except ValidationError as exc:
+        raise DefinitionError(_problems(exc)) from None
+    try:
+        validate_params(definition.type, definition.params)
+    except ContractError as exc:
+        raise DefinitionError([(exc.field, exc.message)]) from None
+    except ValidationError as exc:
+        raise DefinitionError(_problems(exc, prefix="params")) from None
+    return definition
+
+
+def _problems(exc: ValidationError, prefix: str | None = None) -> list[tuple[str, str]]:
+    problems = []
+    for error in exc.errors():
+        path = [prefix] if prefix else []
+        path += [str(p) for p in error["loc"]]
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append((".".join(path) or "definition", message))
+    return problems
+
+
+_MICROSECOND = timedelta(microseconds=1)

@@ -1,0 +1,168 @@
+"""The firing loop: claim due jobs, decide every due slot, write runs and outbox rows.
+
+Exactly once without a leader: any number of replicas run this loop. A claim
+locks due jobs with ``FOR UPDATE SKIP LOCKED``, so two replicas never hold the
+same job; in the same transaction it inserts the runs (unique on job and slot),
+writes their messages to the outbox and advances ``next_fire_at``. A replica
+killed mid-claim rolls the whole claim back; another replica claims it again.
+
+The loop sleeps until the earliest ``next_fire_at`` — no polling tick adding
+lag — and a NOTIFY from any definition change wakes it early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+
+import asyncpg
+from opentelemetry import metrics, trace
+
+from jobwire.contracts.envelope import utcnow
+from jobwire.runtime.broker import PublishContext, Stopped, backoff_wait
+from jobwire.runtime.logs import get_logger
+from jobwire.scheduler.adapters.store import NOTIFY_CHANNEL, NewRun, PostgresJobStore
+from jobwire.scheduler.dispatch import START_WORKFLOW, Dispatcher, run_id_for
+from jobwire.scheduler.domain.planner import admit, plan_due
+
+log = get_logger("jobwire.scheduler.firing")
+tracer = trace.get_tracer("jobwire.scheduler")
+meter = metrics.get_meter("jobwire.scheduler")
+fires_counter = meter.create_counter("jobwire.scheduler.runs", description="runs decided")
+
+
+class Firer:
+    def __init__(
+        self,
+        store: PostgresJobStore,
+        dispatcher: Dispatcher,
+        *,
+        batch: int,
+        max_idle_seconds: float,
+        on_outbox: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.batch = batch
+        self.max_idle = max_idle_seconds
+        self.on_outbox = on_outbox  # wakes this replica's relay at once
+        self._changed = asyncio.Event()
+
+    async def fire_due(self, now: datetime) -> int:
+        """One claim transaction; returns how many jobs it claimed."""
+        async with self.store.pool.acquire() as conn, conn.transaction():
+            jobs = await self.store.claim_due(conn, now, self.batch)
+            if not jobs:
+                return 0
+            context = PublishContext.current()
+            plans = {
+                job.id: plan_due(
+                    job.definition.schedule,  # type: ignore[arg-type]  # claimed ⇒ scheduled
+                    job.next_fire_at,  # type: ignore[arg-type]
+                    now,
+                    job.definition.misfire,
+                    job.definition.expires_at,
+                )
+                for job in jobs
+            }
+            guarded = [
+                job.id
+                for job in jobs
+                if job.definition.type != START_WORKFLOW
+                and any(s.fire for s in plans[job.id].slots)
+            ]
+            counts = await self.store.active_counts(conn, guarded)
+
+            runs: list[NewRun] = []
+            messages = {}
+            for job in jobs:
+                plan = plans[job.id]
+                fires = [s for s in plan.slots if s.fire]
+                if job.definition.type == START_WORKFLOW:
+                    admissions = iter(["dispatch"] * len(fires))
+                else:
+                    active, queued = counts.get(job.id, (0, 0))
+                    admissions = iter(admit(job.definition.overlap, active, queued, len(fires)))
+                for slot in plan.slots:
+                    run_id = run_id_for(job.id, slot.scheduled_for)
+                    decision = next(admissions) if slot.fire else slot.reason
+                    trigger = "catch_up" if slot.late else "schedule"
+                    if decision == "dispatch":
+                        status = "dispatched"
+                        messages[run_id] = self.dispatcher.fire(
+                            job, run_id, slot.scheduled_for, now, context
+                        )
+                    elif decision == "queue":
+                        status = "queued"
+                    else:
+                        assert decision is not None
+                        status = "missed" if decision == "missed" else "skipped"
+                        messages[run_id] = self.dispatcher.skip(
+                            job, run_id, slot.scheduled_for, decision, now, context
+                        )
+                    runs.append(
+                        NewRun(
+                            run_id,
+                            job.id,
+                            slot.scheduled_for,
+                            trigger,
+                            status,
+                            None if status in ("dispatched", "queued") else str(decision),
+                            now,
+                        )
+                    )
+            inserted = await self.store.insert_runs(conn, runs)
+            await self.store.insert_outbox(
+                conn, [row for run_id, row in messages.items() if run_id in inserted]
+            )
+            await self.store.set_next_fire(conn, [(j.id, plans[j.id].next_fire_at) for j in jobs])
+        for run in runs:
+            fires_counter.add(1, {"status": run.status})
+        self.on_outbox()
+        return len(jobs)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with self.store.pool.acquire() as listener:
+            await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            try:
+                await self._loop(stop)
+            finally:
+                await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+
+    def _on_notify(self, *_: object) -> None:
+        self._changed.set()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            self._changed.clear()
+            try:
+                with tracer.start_as_current_span("scheduler.claim") as span:
+                    claimed = await self.fire_due(utcnow())
+                    span.set_attribute("jobwire.claimed", claimed)
+                if claimed >= self.batch:
+                    continue  # more may be due right now
+                next_due = await self.store.next_due()
+                failures = 0
+            except (asyncpg.PostgresError, OSError) as exc:
+                failures += 1
+                log.warning("scheduler.claim_failed", error=str(exc), failures=failures)
+                try:
+                    await backoff_wait(min(0.5 * 2**failures, 10.0), stop)
+                except Stopped:
+                    return
+                continue
+            delay = self.max_idle
+            if next_due is not None:
+                delay = min(max((next_due - utcnow()).total_seconds(), 0.0), self.max_idle)
+                if delay == 0.0 and claimed == 0:
+                    delay = 0.005  # due jobs are held by another replica's claim
+            await _wait_any(stop, self._changed, delay)
+
+
+async def _wait_any(stop: asyncio.Event, changed: asyncio.Event, timeout: float) -> None:
+    waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())}
+    _, pending = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in pending:
+        waiter.cancel()

@@ -1,0 +1,90 @@
+"""The scheduler service: wiring only. ``jobwire scheduler`` runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+from importlib.resources import files
+
+from jobwire.contracts.envelope import utcnow
+from jobwire.runtime.logs import get_logger
+from jobwire.runtime.service import ServiceContext, ServiceSpec
+from jobwire.scheduler.adapters.store import JobExists, PostgresJobStore
+from jobwire.scheduler.dispatch import Dispatcher
+from jobwire.scheduler.domain.definitions import parse_definition
+from jobwire.scheduler.firing import Firer
+from jobwire.scheduler.relay import OutboxRelay
+from jobwire.scheduler.run_events import RunRecorder
+from jobwire.scheduler.settings import SchedulerSettings
+
+log = get_logger("jobwire.scheduler")
+
+SAMPLE_JOB = {
+    "name": "sample-hello",
+    "type": "start-workflow",
+    "description": "created by `jobwire dev` so that something visibly happens",
+    "schedule": {"kind": "cron", "expression": "*/5 * * * * *", "timezone": "UTC"},
+    "params": {"workflow": "hello", "input": {"greeting": "hello from jobwire"}},
+}
+
+
+class Scheduler:
+    """The scheduler's parts, built from a service context; ``run`` runs them all."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        settings = ctx.settings
+        assert isinstance(settings, SchedulerSettings)
+        self.options = options = settings.scheduler
+        self.stopping = ctx.stopping
+        self.store = PostgresJobStore(ctx.pool)
+        self.dispatcher = Dispatcher(ctx.broker)
+        self.relay = OutboxRelay(
+            self.store,
+            ctx.broker,
+            batch=options.relay_batch,
+            poll_seconds=options.relay_poll_seconds,
+        )
+        self.firer = Firer(
+            self.store,
+            self.dispatcher,
+            batch=options.claim_batch,
+            max_idle_seconds=options.max_idle_seconds,
+            on_outbox=self.relay.wake.set,
+        )
+        self.recorder = RunRecorder(
+            self.store, ctx.broker, self.dispatcher, on_outbox=self.relay.wake.set
+        )
+
+    async def run(self) -> None:
+        if self.options.sample_job:
+            with contextlib.suppress(JobExists):  # kept from an earlier run
+                await self.store.create(parse_definition(SAMPLE_JOB), utcnow())
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.firer.run(self.stopping))
+            tasks.create_task(self.relay.run(self.stopping))
+            tasks.create_task(self.recorder.run(self.stopping))
+            tasks.create_task(_retention(self.store, self.options.history_days, self.stopping))
+
+
+async def main(ctx: ServiceContext) -> None:
+    await Scheduler(ctx).run()
+
+
+async def _retention(store: PostgresJobStore, days: float, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        deleted = await store.delete_history(utcnow() - timedelta(days=days))
+        if deleted:
+            log.info("scheduler.history_pruned", runs=deleted)
+        if deleted < 10_000:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=3600)
+
+
+spec = ServiceSpec(
+    name="scheduler",
+    main=main,
+    settings=SchedulerSettings,
+    migrations=files("jobwire.scheduler") / "migrations",
+    schema="scheduler",
+)

@@ -1,0 +1,89 @@
+"""The outbox relay: publish what claims decided, then forget it.
+
+Rows are locked (``SKIP LOCKED``, so replicas share the work), published
+pipelined to JetStream, and deleted in the same transaction only once their
+ack arrived. A crash after the publish and before the commit re-publishes the
+rows later under the same ``Nats-Msg-Id``: the stream drops them as duplicates.
+A broker outage leaves the rows in place; they go out when NATS is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from jobwire.contracts.envelope import utcnow
+from jobwire.runtime.broker import Broker, Encoded, Stopped, backoff_wait
+from jobwire.runtime.logs import get_logger
+from jobwire.scheduler.adapters.store import PostgresJobStore
+
+log = get_logger("jobwire.scheduler.relay")
+
+
+class OutboxRelay:
+    def __init__(
+        self, store: PostgresJobStore, broker: Broker, *, batch: int, poll_seconds: float
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.batch = batch
+        self.poll_seconds = poll_seconds
+        self.wake = asyncio.Event()
+
+    async def relay_once(self) -> tuple[int, int]:
+        """Publish one batch; returns (rows seen, rows published)."""
+        async with self.store.pool.acquire() as conn, conn.transaction():
+            rows = await self.store.lock_outbox(conn, self.batch)
+            if not rows:
+                return 0, 0
+            results = await self.broker.publish_encoded(
+                [Encoded(r["subject"], r["payload"], r["headers"]) for r in rows]
+            )
+            published, completed = [], []
+            errors = []
+            for row, result in zip(rows, results, strict=True):
+                if isinstance(result, BaseException):
+                    errors.append(result)
+                    continue
+                published.append(row["id"])
+                if row["completes"] is not None:
+                    completed.append(row["completes"])
+            await self.store.settle_outbox(conn, published, completed, utcnow())
+        if errors:
+            log.warning(
+                "relay.publish_failed",
+                failed=len(errors),
+                published=len(published),
+                error=str(errors[0]) or type(errors[0]).__name__,
+            )
+        return len(rows), len(published)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while True:
+            self.wake.clear()
+            try:
+                seen, published = await self.relay_once()
+            except (asyncpg.PostgresError, OSError) as exc:
+                seen, published = 0, 0
+                failures += 1
+                log.warning("relay.failed", error=str(exc), failures=failures)
+            else:
+                failures = 0 if published == seen else failures + 1
+            if stop.is_set() and (seen == 0 or failures):
+                return  # flushed what could be flushed; the rest waits for any replica
+            if failures:
+                try:
+                    await backoff_wait(min(0.2 * 2**failures, 5.0), stop)
+                except Stopped:
+                    continue  # one last flush attempt before returning
+                continue
+            if seen >= self.batch:
+                continue
+            waiters = {asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())}
+            _, pending = await asyncio.wait(
+                waiters, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in pending:
+                waiter.cancel()

@@ -1,0 +1,26 @@
+"""Settings of the scheduler service (``JOBWIRE_SCHEDULER__*`` plus the kit's)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from jobwire.runtime.settings import ServiceSettings
+
+
+class SchedulerOptions(BaseModel):
+    claim_batch: int = Field(1000, ge=1, le=10_000, description="jobs claimed per transaction")
+    relay_batch: int = Field(2000, ge=1, le=20_000, description="outbox rows published per batch")
+    relay_poll_seconds: float = Field(
+        0.5, gt=0, description="how often the relay looks for rows another replica left behind"
+    )
+    max_idle_seconds: float = Field(
+        30.0, gt=0, description="longest sleep of the firing loop when nothing is due"
+    )
+    history_days: float = Field(30.0, gt=0, description="finished runs are kept this long")
+    sample_job: bool = Field(
+        False, description="create a sample start-workflow job (used by `jobwire dev`)"
+    )
+
+
+class SchedulerSettings(ServiceSettings):
+    scheduler: SchedulerOptions = Field(default_factory=SchedulerOptions)
