@@ -192,3 +192,33 @@ async def test_a_job_due_in_400_days_is_stored_and_fires_then(make_scheduler) ->
     assert due.scheduled_for == at
     assert due.run_id == str(run["id"])
     assert (await h.store.get("far")).next_fire_at is None
+
+
+async def test_the_overview_shows_last_result_next_run_and_status(make_scheduler) -> None:  # type: ignore[no-untyped-def]
+    from jobwire.scheduler.domain.status import JobStatus, job_status
+
+    h = await make_scheduler()
+    await h.store.create(parse_definition(every_second("shown")), now=T0)
+    await h.store.create(
+        parse_definition(
+            {
+                "name": "worked",
+                "type": "test-work",
+                "schedule": {"kind": "interval", "every": "PT1S", "anchor": T0.isoformat()},
+            }
+        ),
+        now=T0,
+    )
+    await h.scheduler.firer.fire_due(T0 + timedelta(seconds=1))
+    await h.scheduler.relay.relay_once()
+    rows = {row.name: row for row in await h.store.overview()}
+    assert rows["shown"].last_result == "succeeded"
+    assert rows["shown"].last_run_at == T0 + timedelta(seconds=1)
+    assert rows["shown"].next_run_at == T0 + timedelta(seconds=2)
+    assert job_status(rows["shown"].facts, frozenset()) == JobStatus.READY
+    assert rows["worked"].last_result is None
+    assert job_status(rows["worked"].facts, frozenset()) == JobStatus.RUNNING
+    await h.store.set_enabled("shown", False, now=T0)
+    [row] = await h.store.overview(["shown"])
+    assert job_status(row.facts, frozenset()) == JobStatus.DISABLED
+    assert row.next_run_at is None

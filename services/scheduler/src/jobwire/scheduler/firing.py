@@ -110,6 +110,7 @@ class Firer:
                             status,
                             None if status in ("dispatched", "queued") else str(decision),
                             now,
+                            job.version,
                         )
                     )
             inserted = await self.store.insert_runs(conn, runs)

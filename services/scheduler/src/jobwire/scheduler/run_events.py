@@ -85,7 +85,8 @@ class RunRecorder:
                 wanted = {a.on for a in job.definition.after if a.job == job_name}
                 if not (wanted & {"finished", event.status}):
                     continue
-                run_id = run_id_for(job.id, event.finished_at)
+                slot = event.finished_at
+                run_id = run_id_for(job.id, slot)
                 counts = await self.store.active_counts(conn, [job.id])
                 active, queued_count = counts.get(job.id, (0, 0))
                 decision = admit(job.definition.overlap, active, queued_count, 1)[0]
@@ -98,11 +99,9 @@ class RunRecorder:
                     status, reason = "queued", None
                 else:
                     status, reason = "skipped", str(decision)
-                    outbox.append(
-                        self.dispatcher.skip(job, run_id, event.finished_at, decision, now, context)
-                    )
+                    outbox.append(self.dispatcher.skip(job, run_id, slot, decision, now, context))
                 await self.store.insert_runs(
-                    conn, [NewRun(run_id, job.id, event.finished_at, "chain", status, reason, now)]
+                    conn, [NewRun(run_id, job.id, slot, "chain", status, reason, now, job.version)]
                 )
             await self.store.insert_outbox(conn, outbox)
         if outbox:

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from jobwire.scheduler.domain.definitions import JobDefinition
+from jobwire.scheduler.domain.status import JobFacts
 
 NOTIFY_CHANNEL = "jobwire_scheduler_jobs"
 ACTIVE = ("queued", "dispatched", "running")
@@ -61,6 +62,7 @@ class NewRun:
     status: str
     reason: str | None
     fired_at: datetime
+    job_version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,20 @@ class OutboxRow:
     payload: bytes
     headers: dict[str, str]
     completes: uuid.UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobOverview:
+    """One row of the Jobs Management table, before the status is derived."""
+
+    name: str
+    type: str
+    description: str
+    last_result: str | None
+    last_run_at: datetime | None
+    next_run_at: datetime | None
+    active_hosts: tuple[str, ...]
+    facts: JobFacts
 
 
 def _record(row: asyncpg.Record) -> JobRecord:
@@ -241,6 +257,57 @@ class PostgresJobStore:
         )
         return [dict(r) for r in rows]
 
+    async def overview(self, names: Sequence[str] | None = None) -> list[JobOverview]:
+        """Each job with what its status is derived from, its last result and next fire."""
+        rows = await self.pool.fetch(
+            f"""SELECT j.name, j.type, j.definition ->> 'description' AS description,
+                       j.enabled, j.paused, coalesce(g.enabled, true) AS group_enabled,
+                       j.next_fire_at, j.version,
+                       last.status AS last_status, last.scheduled_for AS last_run_at,
+                       act.dispatched, act.queued, act.running_hosts, act.oldest_version
+                FROM {self.schema}.jobs j
+                LEFT JOIN {self.schema}.job_groups g ON g.name = j.group_name
+                LEFT JOIN LATERAL (
+                    SELECT status, scheduled_for FROM {self.schema}.runs
+                    WHERE job_id = j.id AND status NOT IN ('queued', 'dispatched', 'running')
+                    ORDER BY scheduled_for DESC LIMIT 1) last ON true
+                LEFT JOIN LATERAL (
+                    SELECT count(*) FILTER (WHERE status = 'dispatched') AS dispatched,
+                           count(*) FILTER (WHERE status = 'queued') AS queued,
+                           coalesce(array_agg(host) FILTER (WHERE status = 'running'), '{{}}')
+                               AS running_hosts,
+                           min(job_version) FILTER (WHERE status IN ('dispatched', 'running'))
+                               AS oldest_version
+                    FROM {self.schema}.runs
+                    WHERE job_id = j.id AND status IN ('queued', 'dispatched', 'running')) act
+                    ON true
+                WHERE $1::text[] IS NULL OR j.name = ANY($1::text[])
+                ORDER BY j.name""",
+            list(names) if names is not None else None,
+        )
+        return [
+            JobOverview(
+                name=r["name"],
+                type=r["type"],
+                description=r["description"] or "",
+                last_result=r["last_status"],
+                last_run_at=r["last_run_at"],
+                next_run_at=r["next_fire_at"] if r["enabled"] and not r["paused"] else None,
+                active_hosts=tuple(h for h in r["running_hosts"] if h),
+                facts=JobFacts(
+                    enabled=r["enabled"],
+                    group_enabled=r["group_enabled"],
+                    paused=r["paused"],
+                    dispatched=r["dispatched"],
+                    running_hosts=tuple(r["running_hosts"]),
+                    queued=r["queued"],
+                    version=r["version"],
+                    oldest_active_version=r["oldest_version"],
+                ),
+            )
+            for r in rows
+        ]
+
     async def next_due(self) -> datetime | None:
         """The earliest slot any runnable job waits for: the firing loop sleeps until then."""
         value: datetime | None = await self.pool.fetchval(
@@ -292,9 +359,9 @@ class PostgresJobStore:
             return set()
         rows = await conn.fetch(
             f"""INSERT INTO {self.schema}.runs
-                    (id, job_id, scheduled_for, trigger, status, reason, fired_at)
+                    (id, job_id, scheduled_for, trigger, status, reason, fired_at, job_version)
                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[],
-                                     $5::text[], $6::text[], $7::timestamptz[])
+                                     $5::text[], $6::text[], $7::timestamptz[], $8::int[])
                 ON CONFLICT (job_id, scheduled_for) DO NOTHING
                 RETURNING id""",
             [r.id for r in runs],
@@ -304,6 +371,7 @@ class PostgresJobStore:
             [r.status for r in runs],
             [r.reason for r in runs],
             [r.fired_at for r in runs],
+            [r.job_version for r in runs],
         )
         return {r["id"] for r in rows}
 

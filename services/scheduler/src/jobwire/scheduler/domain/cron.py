@@ -87,13 +87,15 @@ class _Field:
     high: int
     names: dict[str, int] | None = None
     names_hint: str = ""
+    # Largest number accepted as input; day-of-week takes 7 for Sunday, stored as 0.
+    input_high: int | None = None
 
     def error(self, message: str) -> CronError:
         return CronError(self.name, message)
 
-    def value(self, token: str, *, high: int | None = None) -> int:
+    def value(self, token: str) -> int:
         """A single number or name, checked against the field's range."""
-        high = self.high if high is None else high
+        high = self.high if self.input_high is None else self.input_high
         if self.names is not None and token.upper() in self.names:
             return self.names[token.upper()]
         if not _NUMBER.fullmatch(token):
@@ -120,15 +122,13 @@ class _Field:
             start, end = self.low, self.high
         elif "-" in base:
             first, _, last = base.partition("-")
-            start = self.value(first)
-            # 7 is Sunday too, so ranges may end on Sunday: ``FRI-SUN`` is ``5-7``.
-            end = self.value(last, high=7 if self.name == "day-of-week" else None)
-            if self.name == "day-of-week" and end == 0 and start > 0:
-                end = 7
+            start, end = self.value(first), self.value(last)
+            if self.input_high is not None and end == self.low and start > end:
+                end = self.input_high  # a range may end on Sunday: FRI-SUN is 5-7
             if start > end:
                 raise self.error(f"range {base!r} runs backwards ({start} > {end})")
         else:
-            start = self.value(base, high=7 if self.name == "day-of-week" else None)
+            start = self.value(base)
             end = self.high if slash else start
         values = set(range(start, end + 1, step))
         if not values:
@@ -141,7 +141,7 @@ _MINUTE: Final = _Field("minute", 0, 59)
 _HOUR: Final = _Field("hour", 0, 23)
 _DOM: Final = _Field("day-of-month", 1, 31)
 _MONTH: Final = _Field("month", 1, 12, _MONTH_NAMES, " (or a name JAN-DEC)")
-_DOW: Final = _Field("day-of-week", 0, 6, _DAY_NAMES, " (or a name SUN-SAT)")
+_DOW: Final = _Field("day-of-week", 0, 6, _DAY_NAMES, " (or a name SUN-SAT)", input_high=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +380,7 @@ def _parse_days(dom: str, dow: str) -> _DayRule:
                 day_text, _, k_text = upper.partition("#")
                 if not day_text:
                     raise _DOW.error(f"{item!r}: '#' needs a weekday before it, e.g. FRI#2")
-                weekday = _DOW.value(day_text, high=7) % 7
+                weekday = _DOW.value(day_text) % 7
                 if not _NUMBER.fullmatch(k_text) or not 1 <= int(k_text) <= 5:
                     raise _DOW.error(f"{item!r}: the number after '#' must be 1-5")
                 dow_nth.add((weekday, int(k_text)))
@@ -388,7 +388,7 @@ def _parse_days(dom: str, dow: str) -> _DayRule:
                 day_text = upper[:-1]
                 if not day_text:
                     raise _DOW.error("L needs a weekday before it, e.g. 5L or FRIL")
-                dow_last.add(_DOW.value(day_text, high=7) % 7)
+                dow_last.add(_DOW.value(day_text) % 7)
             elif _NEAREST_WEEKDAY.fullmatch(upper):
                 raise _DOW.error(f"{item!r}: W belongs in day-of-month")
             else:

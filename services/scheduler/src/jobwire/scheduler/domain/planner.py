@@ -59,14 +59,20 @@ def plan_due(
     grace = timedelta(seconds=misfire.grace_seconds)
     late = [s for s in due if now - s > grace]
     on_time = [Slot(s, fire=True) for s in due if now - s <= grace]
-    return DuePlan(_catch_up(late, misfire, truncated) + on_time, slot)
+    # fire_once folds the missed slots into an on-time fire when there is one.
+    folded = truncated or bool(on_time)
+    return DuePlan(_catch_up(late, misfire, truncated, folded) + on_time, slot)
 
 
-def _catch_up(late: list[datetime], misfire: MisfirePolicy, truncated: bool) -> list[Slot]:
+def _catch_up(
+    late: list[datetime], misfire: MisfirePolicy, truncated: bool, folded: bool
+) -> list[Slot]:
     if not late:
         return []
     if misfire.policy == "skip":
         return [Slot(s, fire=False, reason=SkipReason.MISSED) for s in late]
+    if misfire.policy == "fire_once" and folded:
+        return [Slot(s, fire=False, reason=SkipReason.COALESCED) for s in late]
     if truncated:
         # More missed slots follow in the next claim: the catch-up fires, if
         # any, belong to the newest ones, which only the last window sees.

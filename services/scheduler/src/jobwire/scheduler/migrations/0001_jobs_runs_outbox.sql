@@ -44,6 +44,8 @@ CREATE TABLE runs (
     started_at     timestamptz,
     finished_at    timestamptz,
     attempt        integer NOT NULL DEFAULT 0,
+    -- The job's definition version the run was fired with.
+    job_version    integer NOT NULL DEFAULT 1,
     host           text,
     result         jsonb,
     error          jsonb,

@@ -1,0 +1,51 @@
+"""A job's status as an operator reads it in the Jobs Management table.
+
+Derived, never stored: from the definition's flags, the job's active runs and
+the host registry, at the moment someone looks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    DISABLED = "Disabled"  # the job or its group is disabled
+    PAUSED = "Paused"  # firing paused by an operator; the definition is kept as is
+    READY = "Ready"  # waiting for its next fire time (or a trigger)
+    QUEUED = "Queued"  # a run waits for a free slot (overlap policy queue)
+    RUNNING = "Running"  # a run is dispatched or running on a live host
+    RECYCLE_PENDING = "RecyclePending"  # changed while running; the change applies to later runs
+    UNKNOWN = "Unknown"  # a run is running on a host that no longer reports
+    SUSPENDED = "Suspended"  # a listener on standby on this host (listener jobs)
+
+
+@dataclass(frozen=True, slots=True)
+class JobFacts:
+    enabled: bool
+    group_enabled: bool
+    paused: bool
+    dispatched: int
+    running_hosts: tuple[str, ...]  # hosts of runs reported running
+    queued: int
+    version: int  # of the definition
+    oldest_active_version: int | None  # definition version its oldest active run fired with
+
+
+def job_status(facts: JobFacts, live_hosts: frozenset[str]) -> JobStatus:
+    if not facts.enabled or not facts.group_enabled:
+        return JobStatus.DISABLED
+    active = facts.dispatched + len(facts.running_hosts)
+    if active:
+        if any(host not in live_hosts for host in facts.running_hosts):
+            return JobStatus.UNKNOWN
+        fired_with = facts.oldest_active_version
+        if fired_with is not None and fired_with < facts.version:
+            return JobStatus.RECYCLE_PENDING
+        return JobStatus.RUNNING
+    if facts.paused:
+        return JobStatus.PAUSED
+    if facts.queued:
+        return JobStatus.QUEUED
+    return JobStatus.READY
