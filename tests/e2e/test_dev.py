@@ -21,6 +21,8 @@ from jobwire.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
+PRINTER = Path(__file__).parents[2] / "examples" / "workflow_printer.py"
+
 
 class Dev:
     """`jobwire dev` as a user runs it, in a folder of its own."""
@@ -33,7 +35,7 @@ class Dev:
         }
         env |= {"JOBWIRE_DEV_DIR": str(data), "JOBWIRE_LOG_FORMAT": "json"}
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "jobwire.cli", "dev"],
+            [sys.executable, "-m", "jobwire.cli", "dev", "--example", str(PRINTER)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -88,6 +90,10 @@ async def test_dev_starts_servers_keeps_data_and_stops_cleanly(dev_dir: Path) ->
         pg_url = re.search(r"PostgreSQL\s+(postgresql://\S+)", banner)
         assert nats_url, banner
         assert pg_url, banner
+        assert re.search(r"scheduler\s+http://127.0.0.1:\d+", banner), banner
+        # Something visibly happens: the sample job fires and the example app prints it.
+        printed = dev.read_until("workflow-printer: start 'hello'")
+        assert "hello from jobwire" in printed
         nc = await nats.connect(nats_url[1])
         js = nc.jetstream()
         await js.add_stream(name="DEVPROBE", subjects=["devprobe.>"])

@@ -162,7 +162,7 @@ def test_lord_howe_half_hour_overlap() -> None:
 
 
 def test_apia_skipped_day_fires_once_at_the_start_of_the_next_day() -> None:
-    daily = preview(cron("0 9 * * *", "Pacific/Apia"), utc(2011, 12, 28, 12), 3)
+    daily = preview(cron("0 9 * * *", "Pacific/Apia"), utc(2011, 12, 29), 3)
     assert local_times(daily, "Pacific/Apia") == [
         "2011-12-29T09:00:00-10:00",
         "2011-12-31T00:00:00+14:00",  # the 30th's 09:00, at the first instant after the gap
@@ -231,6 +231,18 @@ def test_interval_counts_elapsed_time_across_dst() -> None:
     fires = preview(schedule, utc(2026, 3, 28, 8), 2)
     assert fires == [utc(2026, 3, 29, 8), utc(2026, 3, 30, 8)]
     assert [f.astimezone(berlin).hour for f in fires] == [10, 10]  # 24 h later, an hour later
+
+
+def test_interval_and_once_do_not_use_wall_clock_arithmetic() -> None:
+    # Python adds, subtracts and compares datetimes sharing a tzinfo on the wall clock.
+    new_york = ZoneInfo("America/New_York")
+    first_130 = datetime(2026, 11, 1, 1, 30, tzinfo=new_york)  # EDT, 05:30 UTC
+    second_130 = datetime(2026, 11, 1, 1, 30, fold=1, tzinfo=new_york)  # EST, 06:30 UTC
+    once = OnceSchedule(kind="once", at=second_130)
+    assert next_fire(once, datetime(2026, 11, 1, 1, 45, tzinfo=new_york)) == utc(2026, 11, 1, 6, 30)
+    hourly = interval(timedelta(hours=1), first_130)
+    assert next_fire(hourly, first_130) == utc(2026, 11, 1, 6, 30)
+    assert next_fire(hourly, second_130) == utc(2026, 11, 1, 7, 30)
 
 
 def test_interval_without_anchor_is_aligned_to_the_unix_epoch() -> None:
@@ -304,7 +316,7 @@ def test_preview_counts() -> None:
 
 def test_after_must_be_aware() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        next_fire(cron("* * * * *"), datetime(2026, 1, 1))  # noqa: DTZ001
+        next_fire(cron("* * * * *"), datetime(2026, 1, 1))
 
 
 # --- validation ----------------------------------------------------------------------------

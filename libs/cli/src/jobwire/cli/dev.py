@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from jobwire.runtime.embedded import (
     PostgresServer,
     free_port,
     is_listening,
+    terminate,
 )
 from jobwire.runtime.logs import setup_logging
 from jobwire.runtime.service import VERSION, ServiceSpec, install_signal_handlers, run_services
@@ -61,6 +64,18 @@ def _embedded_postgres(data: Path) -> Iterator[str]:
         server.stop()
 
 
+@contextlib.contextmanager
+def _example(script: str, nats_url: str, namespace: str) -> Iterator[None]:
+    """An example app beside the system, as a child process stopped by PID at exit."""
+    env = {**os.environ, "JOBWIRE_NATS__URL": nats_url, "JOBWIRE_NAMESPACE": namespace}
+    # Its own session: Ctrl-C reaches jobwire dev, which stops it in order.
+    child = subprocess.Popen([sys.executable, script], env=env, start_new_session=True)
+    try:
+        yield
+    finally:
+        terminate(child, timeout=5)
+
+
 async def _create_database(dsn: str, name: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -71,20 +86,20 @@ async def _create_database(dsn: str, name: str) -> None:
         await conn.close()
 
 
-def run_dev(data_dir: str) -> int:
+def run_dev(data_dir: str, examples: list[str]) -> int:
     from jobwire.cli.main import installed_services
 
     data = Path(data_dir).absolute()
     data.mkdir(parents=True, exist_ok=True)
     services = installed_services()
     try:
-        return _run(data, services)
+        return _run(data, services, examples)
     except EmbeddedServerError as exc:
         typer.echo(f"jobwire dev: {exc}", err=True)
         return 1
 
 
-def _run(data: Path, services: dict[str, ServiceSpec]) -> int:
+def _run(data: Path, services: dict[str, ServiceSpec], examples: list[str]) -> int:
     with contextlib.ExitStack() as stack:
         if os.environ.get("JOBWIRE_NATS__URL"):
             nats_url = os.environ["JOBWIRE_NATS__URL"]
@@ -105,6 +120,7 @@ def _run(data: Path, services: dict[str, ServiceSpec]) -> int:
             for offset, (name, spec) in enumerate(services.items()):
                 settings = load_settings(
                     spec.settings,
+                    **spec.dev_overrides,
                     nats={"url": nats_url},
                     database_url=database_url,
                     http_port=http_port + offset,
@@ -126,6 +142,9 @@ def _run(data: Path, services: dict[str, ServiceSpec]) -> int:
             )
         if not configured:
             typer.echo("  no services installed yet: servers only")
+        for script in examples:
+            stack.enter_context(_example(script, nats_url, base.namespace))
+            typer.echo(f"  example     {script}")
         typer.echo("Ctrl-C stops everything.")
 
         setup_logging(base.log_level, base.log_format, service="dev")

@@ -52,11 +52,15 @@ def dev(
     data_dir: Annotated[
         str, typer.Option(envvar="JOBWIRE_DEV_DIR", help="where embedded servers keep data")
     ] = ".jobwire",
+    example: Annotated[
+        list[str] | None,
+        typer.Option(help="a script to run beside the system, e.g. examples/workflow_printer.py"),
+    ] = None,
 ) -> None:
     """Run the whole system on this machine: embedded NATS and PostgreSQL, every service."""
     from jobwire.cli.dev import run_dev
 
-    raise typer.Exit(run_dev(data_dir))
+    raise typer.Exit(run_dev(data_dir, example or []))
 
 
 @app.command()

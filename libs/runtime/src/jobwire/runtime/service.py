@@ -74,6 +74,8 @@ class ServiceSpec:
     migrations: Traversable | None = None
     schema: str | None = None
     routes: Callable[[ServiceContext], Sequence[BaseRoute]] | None = None
+    # Settings `jobwire dev` applies on top of the environment (e.g. a sample job).
+    dev_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 async def run_service(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:

@@ -87,4 +87,5 @@ spec = ServiceSpec(
     settings=SchedulerSettings,
     migrations=files("jobwire.scheduler") / "migrations",
     schema="scheduler",
+    dev_overrides={"scheduler": {"sample_job": True}},
 )

@@ -121,14 +121,19 @@ def next_fire(schedule: Schedule, after: datetime) -> datetime | None:
     """
     if after.tzinfo is None or after.utcoffset() is None:
         raise ValueError("after must be a timezone-aware datetime")
+    # Everything in UTC: Python adds, subtracts and compares two datetimes that share
+    # a tzinfo as wall-clock times, which is wrong across DST changes.
+    after = after.astimezone(UTC)
     try:
         match schedule:
             case CronSchedule():
                 return _next_cron(_compiled(schedule.expression), _zone(schedule.timezone), after)
             case IntervalSchedule():
-                return _next_interval(schedule.every, schedule.anchor or _EPOCH, after)
+                anchor = _EPOCH if schedule.anchor is None else schedule.anchor.astimezone(UTC)
+                return _next_interval(schedule.every, anchor, after)
             case OnceSchedule():
-                return schedule.at.astimezone(UTC) if schedule.at > after else None
+                at = schedule.at.astimezone(UTC)
+                return at if at > after else None
     except OverflowError:
         return None
 
@@ -177,10 +182,10 @@ def _zone(name: str) -> ZoneInfo:
 
 def _next_interval(every: timedelta, anchor: datetime, after: datetime) -> datetime:
     if after < anchor:
-        return anchor.astimezone(UTC)
-    # Integer arithmetic on timedeltas: exact at any distance from the anchor.
+        return anchor
+    # Integer arithmetic on timedeltas (microseconds): exact at any distance.
     steps = (after - anchor) // every + 1
-    return (anchor + steps * every).astimezone(UTC)
+    return anchor + steps * every
 
 
 def _next_cron(expression: CronExpression, zone: ZoneInfo, after: datetime) -> datetime | None:
@@ -215,7 +220,7 @@ def _instant(local: datetime, zone: ZoneInfo) -> datetime:
     # before the gap (an instant after the jump), with fold=1 with the offset from
     # after it (an instant before the jump); the jump lies between the two.
     before_jump = local.replace(tzinfo=zone, fold=1).astimezone(UTC)
-    return _offset_change(zone, before_jump, instant)
+    return instant
 
 
 def _offset_change(zone: ZoneInfo, low: datetime, high: datetime) -> datetime:
