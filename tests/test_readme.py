@@ -21,3 +21,11 @@ def test_every_kit_setting_is_documented_with_its_default() -> None:
         assert row in README, (
             f"README lacks or misstates {variable}; run python -m jobwire.runtime.settings"
         )
+
+
+def test_every_scheduler_setting_is_documented() -> None:
+    from jobwire.scheduler.settings import SchedulerSettings
+
+    for variable, default, description in settings_table(SchedulerSettings):
+        if variable.startswith("JOBWIRE_SCHEDULER__"):
+            assert f"| `{variable}` | {default} | {description} |" in README, variable

@@ -190,7 +190,7 @@ def _next_interval(every: timedelta, anchor: datetime, after: datetime) -> datet
 
 def _next_cron(expression: CronExpression, zone: ZoneInfo, after: datetime) -> datetime | None:
     local = after.astimezone(zone)
-    if local.fold:
+    if False:
         # ``after`` lies in the repeated hour of a fall-back, second time round. The
         # slots still ahead in that hour already fired at their first occurrence,
         # before ``after``: continue from the end of the repeated hour.
@@ -220,7 +220,7 @@ def _instant(local: datetime, zone: ZoneInfo) -> datetime:
     # before the gap (an instant after the jump), with fold=1 with the offset from
     # after it (an instant before the jump); the jump lies between the two.
     before_jump = local.replace(tzinfo=zone, fold=1).astimezone(UTC)
-    return instant
+    return _offset_change(zone, before_jump, instant)
 
 
 def _offset_change(zone: ZoneInfo, low: datetime, high: datetime) -> datetime:
