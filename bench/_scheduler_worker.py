@@ -38,17 +38,14 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
-os.environ.setdefault("OTEL_METRICS_EXPORTER", "none")
-
-from jobwire.runtime.broker import Broker  # noqa: E402
-from jobwire.runtime.db import connect_pool  # noqa: E402
-from jobwire.runtime.health import Readiness  # noqa: E402
-from jobwire.runtime.logs import setup_logging  # noqa: E402
-from jobwire.runtime.service import ServiceContext  # noqa: E402
-from jobwire.runtime.telemetry import setup_telemetry  # noqa: E402
-from jobwire.scheduler.main import Scheduler  # noqa: E402
-from jobwire.scheduler.settings import SchedulerSettings  # noqa: E402
+from jobwire.runtime.broker import Broker
+from jobwire.runtime.db import connect_pool
+from jobwire.runtime.health import Readiness
+from jobwire.runtime.logs import setup_logging
+from jobwire.runtime.service import ServiceContext
+from jobwire.runtime.telemetry import setup_telemetry
+from jobwire.scheduler.main import Scheduler
+from jobwire.scheduler.settings import SchedulerSettings
 
 MSG_ID = "Nats-Msg-Id"
 
@@ -142,6 +139,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         scheduler=json.loads(args.options),
     )
     setup_logging(settings.log_level, "json", service="scheduler")
+    # The service's providers, as run_service installs them; nothing is exported.
+    os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
+    os.environ.setdefault("OTEL_METRICS_EXPORTER", "none")
     setup_telemetry("scheduler", "bench", settings.instance_id, platform.node())
     readiness = Readiness()
     broker = Broker(

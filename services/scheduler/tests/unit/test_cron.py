@@ -359,7 +359,9 @@ DayRule = Callable[[date], bool]
 
 def _dom_item(draw: st.DrawFn) -> tuple[str, DayRule]:
     kind = draw(st.sampled_from(["L", "L-n", "W", "LW"]))
-    n = draw(st.sampled_from([1, 2, 30, 31]) | st.integers(1, 31 if kind == "W" else 5))
+    # Month edges are where W and L-n are easiest to get wrong.
+    edges = st.sampled_from([1, 2, 27, 28, 29, 30, 31] if kind == "W" else [0, 1, 27, 28, 30])
+    n = draw(edges | st.integers(1, 31) if kind == "W" else edges | st.integers(0, 30))
 
     def nearest_weekday(day: date, n: int) -> int:
         last = _last_day(day)

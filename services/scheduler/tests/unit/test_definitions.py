@@ -78,5 +78,10 @@ def test_start_at_and_expiry_bound_the_first_fire() -> None:
     assert expired.first_fire(NOW) is None
 
 
+def test_a_cron_expression_that_never_matches_is_refused() -> None:
+    with pytest.raises(DefinitionError, match="never matches"):
+        parse_definition(job(schedule={"kind": "cron", "expression": "0 0 30 2 *"}))
+
+
 def test_a_job_cannot_follow_itself() -> None:
     assert fields(job(after=[{"job": "invoices"}])) == ["definition"]

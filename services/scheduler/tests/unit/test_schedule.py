@@ -21,8 +21,10 @@ from jobwire.scheduler.domain.schedule import (
 SCHEDULE: TypeAdapter[Schedule] = TypeAdapter(Schedule)
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
 
 
 def cron(expression: str, timezone: str = "UTC") -> CronSchedule:

@@ -20,6 +20,7 @@ import asyncpg
 from opentelemetry import metrics, trace
 
 from jobwire.contracts.envelope import utcnow
+from jobwire.contracts.runs import SkipReason
 from jobwire.runtime.broker import PublishContext, Stopped, backoff_wait
 from jobwire.runtime.logs import get_logger
 from jobwire.scheduler.adapters.store import NOTIFY_CHANNEL, NewRun, PostgresJobStore
@@ -96,10 +97,10 @@ class Firer:
                     elif decision == "queue":
                         status = "queued"
                     else:
-                        assert decision is not None
-                        status = "missed" if decision == "missed" else "skipped"
+                        reason = SkipReason(str(decision))
+                        status = "missed" if reason is SkipReason.MISSED else "skipped"
                         messages[run_id] = self.dispatcher.skip(
-                            job, run_id, slot.scheduled_for, decision, now, context
+                            job, run_id, slot.scheduled_for, reason, now, context
                         )
                     runs.append(
                         NewRun(

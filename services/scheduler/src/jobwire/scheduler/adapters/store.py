@@ -87,11 +87,27 @@ class JobOverview:
     facts: JobFacts
 
 
+# A definition never changes without its version changing, so each (id, version)
+# is parsed once per process instead of on every claim.
+_definitions: dict[tuple[uuid.UUID, int], JobDefinition] = {}
+_DEFINITIONS_CACHED = 200_000
+
+
+def _definition(row: asyncpg.Record) -> JobDefinition:
+    key = (row["id"], row["version"])
+    definition = _definitions.get(key)
+    if definition is None:
+        if len(_definitions) >= _DEFINITIONS_CACHED:
+            _definitions.clear()
+        definition = _definitions[key] = JobDefinition.model_validate(row["definition"])
+    return definition
+
+
 def _record(row: asyncpg.Record) -> JobRecord:
     return JobRecord(
         id=row["id"],
         name=row["name"],
-        definition=JobDefinition.model_validate(row["definition"]),
+        definition=_definition(row),
         enabled=row["enabled"],
         paused=row["paused"],
         next_fire_at=row["next_fire_at"],
@@ -403,11 +419,12 @@ class PostgresJobStore:
     # -- outbox relay ------------------------------------------------------------
 
     async def lock_outbox(self, conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
-        return await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             f"""SELECT id, subject, payload, headers, completes FROM {self.schema}.outbox
                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
             limit,
         )
+        return rows
 
     async def settle_outbox(
         self,

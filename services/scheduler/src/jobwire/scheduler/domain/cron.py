@@ -70,6 +70,9 @@ _NICKNAMES: Final = {
 }
 
 _NUMBER: Final = re.compile(r"[0-9]+")
+_L_OFFSET: Final = re.compile(r"L-([0-9]+)")
+_NEAREST_WEEKDAY: Final = re.compile(r"[0-9]+W")
+_DAY_EXTENSION: Final = re.compile(r"L(-[0-9]+)?|LW|[0-9]+[LW]", re.IGNORECASE)
 
 
 class CronError(ValueError):
@@ -326,11 +329,6 @@ def _parse_plain(spec: _Field, text: str) -> tuple[int, ...]:
             raise spec.error(f"{item!r}: L, W and # are only allowed in the day fields")
         values |= spec.values(item)
     return tuple(sorted(values))
-
-
-_L_OFFSET: Final = re.compile(r"L-([0-9]+)")
-_DAY_EXTENSION: Final = re.compile(r"L(-[0-9]+)?|LW|[0-9]+[LW]", re.IGNORECASE)
-_NEAREST_WEEKDAY: Final = re.compile(r"[0-9]+W")
 
 
 def _parse_days(dom: str, dow: str) -> _DayRule:

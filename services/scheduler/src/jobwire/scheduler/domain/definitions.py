@@ -8,14 +8,14 @@ CLI can show the user exactly what to fix and nothing half-valid is saved.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from jobwire.contracts.errors import ContractError
 from jobwire.contracts.job_types import validate_params
-from jobwire.scheduler.domain.schedule import Schedule, next_fire
+from jobwire.scheduler.domain.schedule import CronSchedule, Schedule, next_fire
 
 
 class _Strict(BaseModel):
@@ -83,6 +83,9 @@ class JobDefinition(_Strict):
             raise ValueError("expires_at must be later than start_at")
         if any(a.job == self.name for a in self.after):
             raise ValueError("after: a job cannot be chained to itself")
+        if isinstance(self.schedule, CronSchedule) and next_fire(self.schedule, _EPOCH) is None:
+            # e.g. "0 0 30 2 *": valid syntax, but a job that would never run.
+            raise ValueError("schedule: the cron expression never matches a date")
         return self
 
     def first_fire(self, now: datetime) -> datetime | None:
@@ -133,3 +136,4 @@ def _problems(exc: ValidationError, prefix: str | None = None) -> list[tuple[str
 
 
 _MICROSECOND = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -3,7 +3,8 @@
 Time zones and daylight saving time
 -----------------------------------
 * A cron schedule matches local wall-clock times in its IANA time zone
-  (``timezone``, default ``UTC``).
+  (``timezone``, default ``UTC``). In one rule: each matching wall-clock time
+  fires at the first instant at which the zone's clock shows that time or later.
 * A matching local time that does not exist, because the clocks jump forward
   over it, fires once, at the first valid instant after the gap. In
   Europe/Berlin ``30 2 * * *`` fires on 2026-03-29 at 03:00 local (01:00 UTC).
@@ -15,12 +16,13 @@ Time zones and daylight saving time
 * Fire times are strictly increasing and never two at the same instant. No slot
   is lost: every matching wall-clock time is represented by exactly one fire,
   at its own instant or at the end of the gap it fell into.
-* The same rules hold for every offset change in the time-zone database: 30-minute
-  shifts (Australia/Lord_Howe), negative DST (Europe/Dublin) or a whole day
-  skipped (Pacific/Apia on 2011-12-30).
-* Interval schedules count elapsed time from their anchor and ignore DST
-  (``every: 1 day`` is 24 hours, so its local time moves when clocks change).
-  They have no horizon: a schedule next due in ten years works.
+* The same rules hold for every offset change in the time-zone database, not
+  just DST: 30-minute shifts (Australia/Lord_Howe), negative DST (Europe/Dublin),
+  a whole day skipped (Pacific/Apia, 2011-12-30: its slots fire at 00:00 on the 31st).
+* Interval schedules count elapsed time, ``anchor + k * every`` (k = 0, 1, …;
+  anchor defaults to the Unix epoch), and ignore DST: ``every: 1 day`` is 24
+  hours, so its local time moves when the clocks change. No horizon limit:
+  a schedule next due in ten years works.
 * Once schedules fire once, at their ``at`` instant.
 * Every fire time is an aware UTC datetime.
 """
@@ -190,7 +192,7 @@ def _next_interval(every: timedelta, anchor: datetime, after: datetime) -> datet
 
 def _next_cron(expression: CronExpression, zone: ZoneInfo, after: datetime) -> datetime | None:
     local = after.astimezone(zone)
-    if False:
+    if local.fold:
         # ``after`` lies in the repeated hour of a fall-back, second time round. The
         # slots still ahead in that hour already fired at their first occurrence,
         # before ``after``: continue from the end of the repeated hour.
