@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -169,6 +170,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             waiter.cancel()
         stop.set()
 
+    if os.environ.get("JOBWIRE_BENCH_GC_FREEZE"):  # experiment only: not how the service runs
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 100)
     print("ready", flush=True)
     started = time.time()
     async with asyncio.TaskGroup() as tasks:

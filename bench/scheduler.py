@@ -207,6 +207,7 @@ class Env:
     nats_url: str
     postgres_pid: int | None = None
     nats_pid: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="jobwire-bench-")))
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -359,7 +360,7 @@ async def start_worker(
         "--namespace",
         namespace,
         "--options",
-        json.dumps(options or {}),
+        json.dumps({**env.options, **(options or {})}),
         "--timeout",
         str(timeout),
         "--result",
@@ -640,22 +641,31 @@ def _per_s(value: float | None, span: float) -> float | None:
 # -- profiling -------------------------------------------------------------------------
 
 PROFILE_GROUPS = {
-    # label: function names (py-spy frame names) counted inclusively
-    "claim transaction (fire_due)": ["fire_due"],
-    "  claim_due query + row decode": ["claim_due"],
-    "  JobDefinition.model_validate (_record)": ["_record"],
+    # label: py-spy frame names (qualified), counted inclusively
+    "claim transaction, Python side (Firer.fire_due)": ["Firer.fire_due"],
+    "  claim_due: rows → JobRecord": ["PostgresJobStore.claim_due"],
+    "    JobDefinition.model_validate (_record)": ["_record"],
     "  plan_due / next_fire": ["plan_due"],
-    "  Dispatcher.fire (params, StartWorkflow, encode)": ["fire"],
-    "  insert_runs": ["insert_runs"],
-    "  insert_outbox": ["insert_outbox"],
-    "  set_next_fire": ["set_next_fire"],
-    "relay (relay_once)": ["relay_once"],
-    "  lock_outbox": ["lock_outbox"],
-    "  publish_encoded / publish_async": ["publish_encoded"],
-    "  settle_outbox": ["settle_outbox"],
-    "next_due query": ["next_due"],
-    "nats-py reading acks (_process_msg / _read_loop)": ["_read_loop"],
+    "  Dispatcher.fire: params, StartWorkflow, encode": ["Dispatcher.fire"],
+    "    Broker.encode": ["Broker.encode"],
+    "    run_id_for (uuid5)": ["run_id_for"],
+    "  insert_runs (arguments → wire)": ["PostgresJobStore.insert_runs"],
+    "  insert_outbox (arguments → wire, headers → JSON)": ["PostgresJobStore.insert_outbox"],
+    "  set_next_fire": ["PostgresJobStore.set_next_fire"],
+    "relay batch, Python side (OutboxRelay.relay_once)": ["OutboxRelay.relay_once"],
+    "  lock_outbox (rows, headers JSON → dict)": ["PostgresJobStore.lock_outbox"],
+    "  Broker.publish_encoded (publish_async per message)": ["Broker.publish_encoded"],
+    "  settle_outbox": ["PostgresJobStore.settle_outbox"],
+    "next_due query": ["PostgresJobStore.next_due"],
+    "nats-py reading socket (acks → futures)": ["Client._read_loop"],
+    "nats-py flusher (socket writes)": ["Client._flusher"],
+    "bench instrumentation (ack/fire recording)": [
+        "Recorder.on_ack",
+        "instrument.<locals>.fire_recorded",
+        "instrument.<locals>.publish_recorded.<locals>.<lambda>",
+    ],
 }
+IDLE_FRAMES = {"EpollSelector.select", "select", "poll", "epoll_wait"}
 
 
 def start_profile(env: Env, pid: int, seconds: float) -> tuple[subprocess.Popen[bytes], Path]:
@@ -672,6 +682,7 @@ def start_profile(env: Env, pid: int, seconds: float) -> tuple[subprocess.Popen[
             "--rate",
             "100",
             "--nonblocking",
+            "--idle",
             "--format",
             "raw",
             "--output",
@@ -707,12 +718,14 @@ async def finish_profile(process: subprocess.Popen[bytes], out: Path) -> dict[st
     leaf = Counter()
     for frames, c in stacks:
         leaf[frames[-1] if frames else "?"] += c
-    idle = sum(c for frames, c in stacks if frames and frames[-1] in {"select", "poll"})
+    idle = sum(c for frames, c in stacks if frames and frames[-1] in IDLE_FRAMES)
     saved = BENCH / "results" / "scheduler-sustained.pyspy.txt"
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(out.read_text())
     return {
         "samples": total,
+        "note": "% of wall-clock samples of the scheduler's main thread (py-spy --idle): "
+        "time awaiting PostgreSQL/NATS shows up as the event loop idle in select",
         "idle_in_event_loop_pct": round(100 * idle / total, 1),
         "inclusive_pct": groups,
         "top_self_pct": {k: round(100 * v / total, 1) for k, v in leaf.most_common(25)},
@@ -925,6 +938,12 @@ def main() -> None:
     parser.add_argument("--replica-jobs", type=int, default=20_000)
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--spread", type=float, default=10.0)
+    parser.add_argument(
+        "--scheduler-options",
+        type=json.loads,
+        default={},
+        help="SchedulerOptions JSON for every scheduler process (default: the service's defaults)",
+    )
     parser.add_argument("--database-url", default=os.environ.get("JOBWIRE_BENCH_DATABASE_URL"))
     parser.add_argument("--nats-url", default=os.environ.get("JOBWIRE_BENCH_NATS_URL"))
     args = parser.parse_args()
@@ -946,6 +965,7 @@ def main() -> None:
             postgres_pid=postgres.pid if postgres else None,
             nats_pid=nats_server.pid if nats_server else None,
             tmp=tmp,
+            options=args.scheduler_options,
         )
         results = asyncio.run(run(env, args))
     finally:
@@ -955,6 +975,7 @@ def main() -> None:
             postgres.stop()
     document = {
         "benchmark": "scheduler",
+        "scheduler_options": args.scheduler_options or "service defaults",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "how": __doc__,
         **results,

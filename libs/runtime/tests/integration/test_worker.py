@@ -23,6 +23,7 @@ from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import ValidationError
 
 from jobwire.contracts.deadletter import DeadLetter
 from jobwire.contracts.envelope import Contract, Envelope, decode, utcnow
@@ -237,6 +238,8 @@ async def test_success_records_result_and_state_in_the_jobs_trace(
 async def test_progress_is_published_with_running_totals(broker: Broker, workers: Running) -> None:
     async def handle(run: RunContext) -> None:
         await run.progress("indexing", percent=50, counters={"docs": 10})
+        with pytest.raises(ValidationError):  # the handler's mistake, reported to it
+            await run.progress(percent=150)
         await run.progress(counters={"failed": 1})
 
     workers.start(broker, handle)
@@ -454,7 +457,7 @@ async def test_a_redelivery_after_the_last_attempt_was_lost_fails_without_runnin
 
     due = job_due(max_attempts=1)
     await send(broker, due)
-    # A worker takes the only attempt and vanishes (no ack, no nak).
+    # A worker takes the only attempt, starts it and vanishes (no ack, no nak).
     await broker.ensure_consumer(
         Stream.JOBS,
         broker.consumer_config(
@@ -469,6 +472,18 @@ async def test_a_redelivery_after_the_last_attempt_was_lost_fails_without_runnin
     )
     [taken] = await lost.fetch(1, timeout=5)
     assert taken.metadata.num_delivered == 1
+    started = RunStarted(
+        run_id=due.run_id,
+        job_id=due.job_id,
+        job_name=due.job_name,
+        job_type=JOB,
+        attempt=1,
+        host="gone",
+        instance_id="gone",
+        started_at=utcnow(),
+    )
+    subject = broker.subjects.run_event(due.run_id, RunEvent.STARTED)
+    await broker.publish(subject, started, msg_id=f"{due.run_id}:1:started")
     await lost.unsubscribe()
 
     workers.start(broker, handle, ack_wait_seconds=1.0, heartbeat_seconds=0.3)

@@ -7,6 +7,11 @@ service entry point) against real PostgreSQL and NATS, and kill or starve them b
 The third drives two in-process replicas through each crash point of the
 claim → outbox → relay pipeline deterministically, because a SIGKILL lands in a given
 window only by chance.
+
+The last three are strict xfails: availability bugs found while writing these (the
+process crashes where it should back off). None loses or duplicates a run, since a
+crashed replica is just a killed one, but each takes a replica down in a database
+blip, a long NATS outage, or a stop during one. Remove the marker with the fix.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,6 +84,16 @@ class Replica:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
+    def crash(self) -> str:
+        """The exception types (and messages) in the replica's ``service.crashed`` line."""
+        for line in reversed(self.log_tail(lines=50).splitlines()):
+            if '"service.crashed"' in line:
+                errors = re.findall(
+                    r"^[\s|+-]*([\w.]+(?:Error|Exception|Group)\b.*)$", line_text(line), re.M
+                )
+                return "; ".join(errors)
+        return "(no crash logged)"
+
     async def readyz(self) -> dict[str, Any] | None:
         """The replica's readiness report, or None while its HTTP server does not answer."""
         try:
@@ -86,6 +103,13 @@ class Replica:
             return None
         report: dict[str, Any] = response.json()
         return report
+
+
+def line_text(line: str) -> str:
+    try:
+        return str(json.loads(line).get("exception", ""))
+    except ValueError:
+        return line
 
 
 class Fleet:
@@ -294,6 +318,8 @@ async def open_transactions(pool: asyncpg.Pool, pid: int) -> list[str]:
             kind = "relay"
         elif "scheduler.jobs" in query or "scheduler.runs" in query or "outbox" in query:
             kind = "claim"
+        elif query.startswith(("BEGIN", "COMMIT", "ROLLBACK")):
+            kind = query.rstrip(";").lower()
         else:
             kind = query[:40]
         waiting = " waiting" if row["state"] == "idle in transaction" else ""
@@ -323,7 +349,7 @@ async def test_three_replicas_fire_5000_runs_exactly_once_while_one_is_killed_ev
     now = utcnow()
     # Created before any replica runs (5,000 NOTIFYs to idle replicas would only slow
     # this down); due once the replicas had time to start.
-    due_from = now + timedelta(seconds=5)
+    due_from = now + timedelta(seconds=6)
     slots = {
         f"work-{i:05d}": due_from
         + timedelta(seconds=0.7 * (i // per_burst) + 0.05 * (i % per_burst) / per_burst)
@@ -348,7 +374,9 @@ async def test_three_replicas_fire_5000_runs_exactly_once_while_one_is_killed_ev
             async def decided(threshold: int = threshold) -> bool:
                 return (await counts(pool))["runs"] >= threshold
 
-            await wait_for(decided, timeout=30, description=f"{threshold} runs decided")
+            await wait_for(
+                decided, timeout=30, interval=0.005, description=f"{threshold} runs decided"
+            )
             victim = min(fleet.running(), key=lambda r: r.started)
             victim.popen.send_signal(signal.SIGSTOP)  # frozen where it stands
             holding = await open_transactions(pool, victim.pid)
@@ -467,16 +495,17 @@ async def test_a_10_second_nats_outage_delays_runs_and_loses_or_duplicates_none(
 
         await wait_for(flowing, timeout=10, description="heartbeat runs relayed before the outage")
 
+        server.stop()
+        stopped_at = utcnow()
+        # Created while NATS is down (the API needs only PostgreSQL), due over the next
+        # 1-7 s: every one of them is decided during the outage.
         now = utcnow()
         slots = {
-            f"outage-{i:03d}": now + timedelta(seconds=2 + 7 * i / ONE_SHOTS)
+            f"outage-{i:03d}": now + timedelta(seconds=1 + 6 * i / ONE_SHOTS)
             for i in range(ONE_SHOTS)
         }
         await create_all(store, [once(name, at) for name, at in slots.items()], now)
-
-        server.stop()
-        stopped_at = utcnow()
-        assert stopped_at < min(slots.values()), "every one-shot comes due during the outage"
+        assert max(slots.values()) < stopped_at + OUTAGE - timedelta(seconds=1)
 
         async def nats_down() -> dict[str, Any] | None:
             report = await replica.readyz()
@@ -646,3 +675,146 @@ async def test_a_replica_dying_at_each_step_between_claim_and_relay_loses_and_do
     assert await stored() == (1, 1)
     assert (await counts(pool))["outbox"] == 0
     assert await statuses() == {"work": "dispatched", "flow": "succeeded"}
+
+
+# ------------------------------------------- known bugs (strict xfail: flip when fixed)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="firing.py Firer._loop and relay.py OutboxRelay.run catch (PostgresError, OSError); "
+    "a connection that dies inside their transaction surfaces as asyncpg.InterfaceError from "
+    "Transaction.__aexit__, the TaskGroup in Scheduler.run fails and the process exits 1",
+)
+async def test_a_replica_survives_its_database_connection_dying_mid_claim(
+    make_scheduler: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL restart, failover or ``pg_terminate_backend`` during a claim should
+    cost one back-off, not the process."""
+    h = await make_scheduler()
+    set_next_fire = h.store.set_next_fire
+    died: list[bool] = []
+
+    async def dies_once(conn: asyncpg.Connection, updates: Any) -> None:
+        if not died:
+            died.append(True)
+            await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        await set_next_fire(conn, updates)
+
+    monkeypatch.setattr(h.store, "set_next_fire", dies_once)
+    running = asyncio.create_task(h.scheduler.run())
+    try:
+        await h.store.create(once("soon", utcnow() + timedelta(milliseconds=200)), utcnow())
+
+        async def fired() -> list[dict[str, Any]]:
+            if running.done():
+                raise AssertionError(f"the scheduler stopped: {running.exception()!r}")
+            return await h.store.runs("soon")
+
+        await wait_for(fired, timeout=10, description="the claim retried after the failure")
+        assert died
+    finally:
+        h.scheduler.stopping.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(running, timeout=10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="during a NATS outage nats-py buffers publishes up to 2 MiB and then raises "
+    "OutboundBufferLimitError from js.publish_async; Broker.publish_encoded (broker.py) lets "
+    "it escape instead of returning it as that item's result, OutboxRelay.run (relay.py) does "
+    "not catch it, and the scheduler process exits 1",
+)
+async def test_an_outage_backlog_larger_than_the_nats_client_buffer_is_delivered_once(
+    nats_server_factory: Any, fleet: Fleet, pool: asyncpg.Pool, namespace: str
+) -> None:
+    """700 StartWorkflows of ~4 KiB (about 3 MB) decided while NATS is down: the replica
+    should keep them in the outbox and deliver each once when NATS is back."""
+    subjects = Subjects(namespace)
+    store = PostgresJobStore(pool)
+    server = nats_server_factory()
+    replica = fleet.start(server.url, JOBWIRE_NATS__RECONNECT_WAIT_SECONDS="1")
+    backlog = 700
+
+    def alive() -> None:
+        if not replica.running:
+            raise AssertionError(
+                f"the replica exited with {replica.popen.returncode}: {replica.crash()}"
+            )
+
+    await fleet.ready(replica)
+    # Created while NATS is up and all due at one instant after it went down: one
+    # claim decides all 700, and the relay's next batch holds all 700.
+    now = utcnow()
+    due = now + timedelta(seconds=3)
+    params = {"workflow": "big", "input": {"blob": "x" * 4096}}
+    definitions = [
+        once(f"big-{i:03d}", due, "start-workflow", params=params) for i in range(backlog)
+    ]
+    await create_all(store, definitions, now)
+    server.stop()
+
+    async def nats_down() -> bool:
+        report = await replica.readyz()
+        return bool(report and not report["checks"]["nats"]["ok"])
+
+    await wait_for(nats_down, timeout=10, description="/readyz reporting NATS down")
+    if utcnow() >= due:  # not the scenario: not an expected failure either
+        raise RuntimeError("the backlog came due before NATS was down; too slow a machine?")
+
+    async def relay_tried() -> bool:
+        alive()
+        waiting = await pool.fetchval(
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND state = 'idle in transaction'
+                 AND query LIKE '%FROM scheduler.outbox%FOR UPDATE SKIP LOCKED%'"""
+        )
+        return (await counts(pool))["runs"] == backlog and waiting > 0
+
+    await wait_for(relay_tried, timeout=15, description="the relay publishing the backlog")
+    server.start()
+
+    async def delivered() -> bool:
+        alive()
+        return (await counts(pool))["outbox"] == 0
+
+    await wait_for(delivered, timeout=30, description="the backlog relayed")
+    assert await fleet.stop(replica) == 0
+    client = await nats.connect(server.url, connect_timeout=5)
+    try:
+        js = client.jetstream()
+        stream = subjects.stream_name(Stream.WORKFLOWS)
+        ids = msg_ids(await stream_messages(js, stream, subjects.workflow_start("big")))
+    finally:
+        await client.close()
+    runs = await pool.fetch("SELECT id, status FROM scheduler.runs")
+    assert len(ids) == len(set(ids)) == backlog
+    assert set(ids) == {str(r["id"]) for r in runs}
+    assert {r["status"] for r in runs} == {"succeeded"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="Broker.close (libs/runtime broker.py) calls nc.drain(), which raises "
+    "ConnectionReconnectingError while NATS is down: run_service's cleanup is cut short "
+    "(database pool and HTTP server not closed) and the process exits 1 (service.crashed)",
+)
+async def test_a_replica_stopped_during_a_nats_outage_exits_cleanly(
+    nats_server_factory: Any, fleet: Fleet, pool: asyncpg.Pool
+) -> None:
+    server = nats_server_factory()
+    replica = fleet.start(server.url, JOBWIRE_NATS__RECONNECT_WAIT_SECONDS="1")
+    await fleet.ready(replica)
+    server.stop()
+
+    async def nats_down() -> bool:
+        report = await replica.readyz()
+        return bool(report and not report["checks"]["nats"]["ok"])
+
+    await wait_for(nats_down, timeout=10, description="/readyz reporting NATS down")
+    code = await fleet.stop(replica)
+    assert code == 0, f"exit code {code}: {replica.crash()}"

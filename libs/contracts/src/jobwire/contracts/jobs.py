@@ -13,11 +13,13 @@ from jobwire.contracts.subjects import JobTypeName, RunId
 class JobDue(Contract):
     """A run of a job is due: do it now.
 
-    Sent by the scheduler on ``jobwire.jobs.due.{jobType}`` once per run and
-    attempt, when a schedule fires, an operator triggers the job, or a failed
-    attempt is retried. Workers for that job type share one durable consumer,
-    so exactly one of them takes the run. The run id is the JetStream
-    de-duplication key, so a re-published JobDue never runs twice.
+    Sent by the scheduler on ``jobwire.jobs.due.{jobType}`` once per run, when
+    a schedule fires or an operator triggers the job. Workers for that job type
+    share one durable consumer, so exactly one of them takes the run; retries
+    are redeliveries of this same message (the worker naks a failed attempt
+    with a backoff), so ``attempt`` here is the first attempt's number. The run
+    id is the JetStream de-duplication key, so a re-published JobDue never
+    runs twice.
     """
 
     event_type = "io.jobwire.job.due"

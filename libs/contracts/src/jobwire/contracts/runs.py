@@ -77,10 +77,12 @@ class RunProgress(Contract):
 
 
 class RunFinished(Contract):
-    """An attempt of a run has ended.
+    """A run has ended: its final outcome.
 
-    Sent once per attempt, whatever the outcome. A failed attempt with attempts
-    left is followed by a new JobDue for the next attempt.
+    Sent once per run, by the attempt that ended it (the message id is
+    ``<run id>:finished``). A failed attempt with attempts left is not
+    finished: the worker reports it as RunProgress and retries after a
+    backoff; only the last attempt's failure is sent here.
     """
 
     event_type = "io.jobwire.run.finished"
@@ -90,7 +92,8 @@ class RunFinished(Contract):
     job_type: JobTypeName = Field(description="Type of the job.")
     attempt: int = Field(ge=1, description="Attempt number that finished.")
     status: RunStatus = Field(
-        description="`succeeded`, `failed` (see `error`), or `cancelled` (on request or timeout)."
+        description="`succeeded`, `failed` (see `error`; a timeout is a failure of type "
+        "`timeout`), or `cancelled` (on request)."
     )
     finished_at: AwareDatetime = Field(description="When the attempt ended.")
     result: dict[str, Any] | None = Field(

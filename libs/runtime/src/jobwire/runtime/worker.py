@@ -11,13 +11,20 @@ Delivery and attempts
     (``worker-<job type>``), so each JobDue goes to one of them. The attempt
     number is JetStream's delivery count: a worker that dies mid-run leaves
     the JobDue unacknowledged, it is redelivered after the ack wait, and that
-    delivery is the next attempt. While a handler runs, the worker tells
+    delivery is the next attempt (never lower than the last attempt recorded
+    as started plus one: the server may restart its count after a delivery
+    it considers failed). While a handler runs, the worker tells
     JetStream every ``heartbeat_seconds`` that it is still at work, so a long
     run is not redelivered; ``ack_wait_seconds`` must therefore exceed it.
 
 Outcomes (the only times a JobDue is settled)
     * succeeded / cancelled: ``RunFinished`` is published and stored, then ack.
-    * failed with attempts left: nak with exponential backoff; no final event.
+      Cancelled means requested (``RunCancelRequested``): ``run.cancelled`` is
+      set, and a handler still running ``cancel_grace_seconds`` later is
+      cancelled. Cancelled runs are not retried.
+    * failed (the handler raised, or ran past ``JobDue.timeout_seconds`` and
+      was cancelled: error type ``timeout``) with attempts left: nak with
+      exponential backoff; no final event, a RunProgress says why.
     * failed on the last attempt (or a redelivery beyond it, the previous
       attempt having been lost): a dead letter with reason
       ``attempts_exhausted`` and the original JobDue, ``RunFinished(failed)``,
@@ -53,8 +60,9 @@ from typing import Any, TypeVar
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
+from pydantic import ValidationError
 
-from jobwire.contracts.envelope import Contract, utcnow
+from jobwire.contracts.envelope import Contract, decode, utcnow
 from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.runs import RunError, RunFinished, RunProgress, RunStarted, RunStatus
 from jobwire.contracts.subjects import RunEvent, Stream, token
@@ -135,13 +143,17 @@ class RunContext:
         totals, merged by name. Reporting is best effort: a broker failure is
         logged, not raised, since the next report supersedes this one.
         """
-        if message is not None:
-            self._message = message
-        if percent is not None:
-            self._percent = percent
-        if counters:
-            self._counters = {**self._counters, **counters}
-        event = self._progress_event()  # invalid input raises here, to the handler
+        # Invalid input raises here, to the handler, and is not kept for the
+        # heartbeats to trip over.
+        event = RunProgress(
+            run_id=self.run_id,
+            attempt=self.attempt,
+            at=utcnow(),
+            message=self._message if message is None else message,
+            percent=self._percent if percent is None else percent,
+            counters={**self._counters, **(counters or {})},
+        )
+        self._message, self._percent, self._counters = event.message, event.percent, event.counters
         await self._worker._extend(self)
         await self._worker._publish_progress(self, event)
 
@@ -297,15 +309,21 @@ class Worker:
 
     async def _process(self, run: RunContext) -> None:
         due, msg = run.due, run._msg
-        finished, cancel_requested = await asyncio.gather(
-            self._stored(run, RunEvent.FINISHED), self._stored(run, RunEvent.CANCEL_REQUESTED)
+        finished, cancel_requested, last_started = await asyncio.gather(
+            self._stored(run, RunEvent.FINISHED),
+            self._stored(run, RunEvent.CANCEL_REQUESTED),
+            self._stored(run, RunEvent.STARTED),
         )
-        if finished:
+        if finished is not None:
             log.info("run.already_finished", run_id=run.run_id, attempt=run.attempt)
             await msg.ack()
             return
-        if cancel_requested:
+        if cancel_requested is not None:
             run.cancelled.set()
+        # JetStream's delivery count is the attempt, but the server restarts
+        # it at 1 after a redelivery it considers failed; an attempt that was
+        # recorded as started always counts.
+        run.attempt = max(run.attempt, _attempt_of(last_started) + 1)
         if run.attempt > due.max_attempts:
             error = RunError(
                 type="interrupted",
@@ -474,17 +492,17 @@ class Worker:
 
     # -- broker I/O -------------------------------------------------------------
 
-    async def _stored(self, run: RunContext, event: RunEvent) -> bool:
-        """Whether the RUNS stream already holds ``event`` for this run."""
+    async def _stored(self, run: RunContext, event: RunEvent) -> bytes | None:
+        """The last ``event`` the RUNS stream holds for this run, if any."""
         stream = self.subjects.stream_name(Stream.RUNS)
         subject = self.subjects.run_event(run.run_id, event)
 
-        async def look_up() -> bool:
+        async def look_up() -> bytes | None:
             try:
-                await self.broker.js.get_last_msg(stream, subject)
+                stored = await self.broker.js.get_last_msg(stream, subject)
             except NotFoundError:
-                return False
-            return True
+                return None
+            return stored.data or b""
 
         return await self._retrying(f"look_up_{event.value}", run, look_up)
 
@@ -542,6 +560,16 @@ class Worker:
             await self._extend(run)
             if run._executing and loop.time() - run._last_progress >= self.heartbeat_seconds * 0.9:
                 await self._publish_progress(run, run._progress_event())
+
+
+def _attempt_of(started: bytes | None) -> int:
+    """The attempt a stored RunStarted reports; 0 for none."""
+    if started is None:
+        return 0
+    try:
+        return decode(started, RunStarted).data.attempt
+    except ValidationError:
+        return 0
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -69,6 +69,7 @@ class Dispatcher:
             attempt=attempt,
             max_attempts=definition.max_attempts,
             timeout_seconds=definition.timeout_seconds,
+            retry_backoff_seconds=definition.retry_backoff_seconds,
             params=definition.params,
             state=job.state,
         )
