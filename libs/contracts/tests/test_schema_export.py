@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +21,22 @@ def files_under(directory: Path) -> dict[str, str]:
     }
 
 
-def test_committed_schemas_match_the_models(tmp_path: Path) -> None:
-    write(tmp_path)
-
-    assert files_under(tmp_path) == files_under(COMMITTED), (
-        "libs/contracts/schemas is stale: run `uv run python -m jobwire.contracts.export`"
+def test_committed_schemas_match_the_models() -> None:
+    # In a fresh interpreter: the test process may hold job types that other
+    # tests registered for themselves, which are not part of the contracts.
+    result = subprocess.run(
+        [sys.executable, "-m", "jobwire.contracts.export", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-
-
-def test_check_passes_on_the_committed_schemas(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--check"]) == 0
+    assert result.returncode == 0, (
+        "libs/contracts/schemas is stale: run `uv run python -m jobwire.contracts.export`\n"
+        + result.stderr
+    )
+    assert "up to date" in result.stdout
     assert default_dir() == COMMITTED.resolve()
-    assert "up to date" in capsys.readouterr().out
 
 
 def test_check_names_every_stale_file_and_writes_nothing(
