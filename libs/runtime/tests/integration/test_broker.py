@@ -20,9 +20,10 @@ from jobwire.contracts.envelope import decode
 from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.subjects import Stream
 from jobwire.contracts.workflows import StartWorkflow
-from jobwire.runtime.broker import AckPolicy, Broker, Delivery, Outgoing, Stopped
+from jobwire.runtime.broker import AckPolicy, Broker, Delivery, Outgoing
 from jobwire.runtime.embedded import NatsServer
 from jobwire.runtime.settings import ServiceSettings
+from jobwire.runtime.waits import Stopped
 from jobwire.testing import wait_for
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from jobwire.runtime.broker import Stopped
 from jobwire.runtime.db import MigrationError, connect_pool, load_migrations, migrate
 from jobwire.runtime.embedded import free_port
 from jobwire.runtime.health import Readiness
+from jobwire.runtime.waits import Stopped
 
 pytestmark = pytest.mark.integration
 

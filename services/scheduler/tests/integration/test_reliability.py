@@ -8,10 +8,9 @@ The third drives two in-process replicas through each crash point of the
 claim → outbox → relay pipeline deterministically, because a SIGKILL lands in a given
 window only by chance.
 
-The last three are strict xfails: availability bugs found while writing these (the
-process crashes where it should back off). None loses or duplicates a run, since a
-crashed replica is just a killed one, but each takes a replica down in a database
-blip, a long NATS outage, or a stop during one. Remove the marker with the fix.
+The last three hold the replica to backing off instead of crashing: a database
+connection dying mid-claim, an outage backlog larger than the NATS client's buffer,
+and a stop during a NATS outage.
 """
 
 from __future__ import annotations
@@ -675,18 +674,23 @@ async def test_a_replica_dying_at_each_step_between_claim_and_relay_loses_and_do
     assert await stored() == (1, 1)
     assert (await counts(pool))["outbox"] == 0
     assert await statuses() == {"work": "dispatched", "flow": "succeeded"}
+    run_ids = {
+        r["name"]: str(r["id"])
+        for r in await pool.fetch(
+            "SELECT j.name, r.id FROM scheduler.runs r JOIN scheduler.jobs j ON j.id = r.job_id"
+        )
+    }
+    for name, stream, subject in [
+        ("work", Stream.JOBS, subjects.job_due(WORK)),
+        ("flow", Stream.WORKFLOWS, subjects.workflow_start("flow")),
+    ]:
+        message = await b.broker.js.get_last_msg(subjects.stream_name(stream), subject)
+        assert (message.headers or {})["Nats-Msg-Id"] == run_ids[name]
 
 
-# ------------------------------------------- known bugs (strict xfail: flip when fixed)
+# ------------------------------------------- availability: back off, never crash
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="firing.py Firer._loop and relay.py OutboxRelay.run catch (PostgresError, OSError); "
-    "a connection that dies inside their transaction surfaces as asyncpg.InterfaceError from "
-    "Transaction.__aexit__, the TaskGroup in Scheduler.run fails and the process exits 1",
-)
 async def test_a_replica_survives_its_database_connection_dying_mid_claim(
     make_scheduler: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -720,14 +724,6 @@ async def test_a_replica_survives_its_database_connection_dying_mid_claim(
             await asyncio.wait_for(running, timeout=10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="during a NATS outage nats-py buffers publishes up to 2 MiB and then raises "
-    "OutboundBufferLimitError from js.publish_async; Broker.publish_encoded (broker.py) lets "
-    "it escape instead of returning it as that item's result, OutboxRelay.run (relay.py) does "
-    "not catch it, and the scheduler process exits 1",
-)
 async def test_an_outage_backlog_larger_than_the_nats_client_buffer_is_delivered_once(
     nats_server_factory: Any, fleet: Fleet, pool: asyncpg.Pool, namespace: str
 ) -> None:
@@ -796,13 +792,6 @@ async def test_an_outage_backlog_larger_than_the_nats_client_buffer_is_delivered
     assert {r["status"] for r in runs} == {"succeeded"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Broker.close (libs/runtime broker.py) calls nc.drain(), which raises "
-    "ConnectionReconnectingError while NATS is down: run_service's cleanup is cut short "
-    "(database pool and HTTP server not closed) and the process exits 1 (service.crashed)",
-)
 async def test_a_replica_stopped_during_a_nats_outage_exits_cleanly(
     nats_server_factory: Any, fleet: Fleet, pool: asyncpg.Pool
 ) -> None:
@@ -817,4 +806,4 @@ async def test_a_replica_stopped_during_a_nats_outage_exits_cleanly(
 
     await wait_for(nats_down, timeout=10, description="/readyz reporting NATS down")
     code = await fleet.stop(replica)
-    assert code == 0, f"exit code {code}: {replica.crash()}"
+    assert code == 0, f"exit code {code}: {replica.crash()}\n{replica.log_tail(lines=80)}"

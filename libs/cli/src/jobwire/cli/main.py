@@ -101,7 +101,8 @@ def hosts() -> None:
             for h in found
         ]
 
-    from jobwire.runtime.broker import Stopped, redact
+    from jobwire.runtime.broker import redact
+    from jobwire.runtime.waits import Stopped
 
     try:
         rows = asyncio.run(fetch())

@@ -43,6 +43,7 @@ from jobwire.runtime.health import Readiness
 from jobwire.runtime.logs import get_logger
 from jobwire.runtime.settings import ServiceSettings
 from jobwire.runtime.telemetry import extract_context
+from jobwire.runtime.waits import Stopped, backoff_wait
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 log = get_logger("jobwire.broker")
@@ -51,27 +52,11 @@ tracer = trace.get_tracer("jobwire.runtime.broker")
 C = TypeVar("C", bound=Contract)
 
 
-class Stopped(Exception):
-    """The service was asked to stop while waiting for a server."""
-
-
 def redact(url: str) -> str:
     """``nats://user:pw@host:4222`` → ``nats://host:4222``: URLs may carry credentials."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     return f"{parts.scheme}://{host}:{parts.port}" if parts.port else f"{parts.scheme}://{host}"
-
-
-async def backoff_wait(delay: float, stop: asyncio.Event | None) -> None:
-    """Wait ``delay`` seconds, or raise :class:`Stopped` as soon as ``stop`` is set."""
-    if stop is None:
-        await asyncio.sleep(delay)
-        return
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=delay)
-    except TimeoutError:
-        return
-    raise Stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +154,7 @@ class Broker:
         self._shown = ""
         self._attempts = 0
         self._closing = False
+        self._inflight: set[asyncio.Future[PubAck]] = set()
         self._js: JetStreamContext | None = None
 
     @property
@@ -258,7 +244,12 @@ class Broker:
         """Drain: flush what was published, finish subscriptions, close."""
         self._closing = True
         if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+            try:
+                await self._nc.drain()
+            except Exception as exc:  # e.g. reconnecting: nothing can be flushed now
+                log.warning("nats.drain_failed", error=str(exc) or type(exc).__name__)
+                with contextlib.suppress(Exception):  # the socket may be half gone
+                    await self._nc.close()
         self.readiness.set("nats", False, "closed")
 
     # -- streams ----------------------------------------------------------------
@@ -351,12 +342,29 @@ class Broker:
     async def publish_encoded(
         self, items: Sequence[Encoded], *, timeout: float = 10.0
     ) -> list[PubAck | BaseException]:
-        """Publish messages encoded earlier by :meth:`encode` (e.g. kept in an outbox)."""
+        """Publish messages encoded earlier by :meth:`encode` (e.g. kept in an outbox).
+
+        Never raises for a publish failure: each item gets its ack or its error.
+        """
+        if not self.nc.is_connected:
+            # While reconnecting nats-py would buffer (then overflow): fail fast,
+            # the caller keeps the messages and retries.
+            error = ConnectionError("NATS is not connected")
+            return [error] * len(items)
         futures: list[asyncio.Future[PubAck]] = []
+        failure: BaseException | None = None
         for item in items:
-            futures.append(
-                await self.js.publish_async(item.subject, item.payload, headers=item.headers)
-            )
+            try:
+                future = await self.js.publish_async(
+                    item.subject, item.payload, headers=item.headers
+                )
+            except Exception as exc:  # lost the connection mid-batch
+                failure = exc
+                self._release_orphans()
+                break
+            futures.append(future)
+            self._inflight.add(future)
+            future.add_done_callback(self._inflight.discard)
         if futures:
             await asyncio.wait(futures, timeout=timeout)
         results: list[PubAck | BaseException] = []
@@ -368,7 +376,21 @@ class Broker:
                 results.append(future.exception())  # type: ignore[arg-type]
             else:
                 results.append(future.result())
+        assert failure is not None or len(results) == len(items)
+        results += [failure] * (len(items) - len(results))  # type: ignore[list-item]
         return results
+
+    def _release_orphans(self) -> None:
+        """Cancel the ack future of a publish_async that raised after taking a slot.
+
+        nats-py registers the future before writing the message; when the write
+        raises, nobody holds that future and its slot of the pending-publish
+        limit would stay taken forever. Cancelling it releases the slot.
+        """
+        pending = getattr(self.js, "_publish_async_futures", {})
+        for future in list(pending.values()):
+            if future not in self._inflight and not future.done():
+                future.cancel()
 
     async def dead_letter(
         self, source: str, msg: Msg, reason: str, detail: str, *, attempts: int = 1
@@ -499,7 +521,10 @@ class Broker:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-            await psub.unsubscribe()
+            # Best effort: during an outage there is no server to tell, and the
+            # durable consumer lives on server-side anyway.
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
 
     async def _deliver(
         self,

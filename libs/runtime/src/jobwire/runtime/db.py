@@ -18,14 +18,24 @@ from importlib.resources.abc import Traversable
 
 import asyncpg
 
-from jobwire.runtime.broker import backoff_wait
 from jobwire.runtime.health import Readiness
 from jobwire.runtime.logs import get_logger
+from jobwire.runtime.waits import backoff_wait
 
 log = get_logger("jobwire.db")
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+# What a lost or restarting database looks like to asyncpg: loops that talk to
+# PostgreSQL back off and retry on these instead of crashing the service.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
 
 
 class MigrationError(Exception):

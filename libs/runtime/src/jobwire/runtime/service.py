@@ -25,13 +25,14 @@ from typing import Any
 import asyncpg
 from starlette.routing import BaseRoute
 
-from jobwire.runtime.broker import Broker, Stopped
+from jobwire.runtime.broker import Broker
 from jobwire.runtime.db import connect_pool, load_migrations, migrate
 from jobwire.runtime.health import HttpServer, Readiness
 from jobwire.runtime.hosts import HostRegistry
 from jobwire.runtime.logs import get_logger, setup_logging
 from jobwire.runtime.settings import ServiceSettings, SettingsError, load_settings
 from jobwire.runtime.telemetry import setup_telemetry, shutdown_telemetry
+from jobwire.runtime.waits import Stopped
 
 log = get_logger("jobwire.service")
 

@@ -51,6 +51,7 @@ Shutdown
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import traceback
 from collections.abc import Awaitable, Callable
@@ -277,7 +278,8 @@ class Worker:
             )
         finally:
             if not self.broker.nc.is_closed:
-                await cancels.unsubscribe()
+                with contextlib.suppress(Exception):  # best effort, as in consume()
+                    await cancels.unsubscribe()
             log.info("worker.stopped", job_type=self.job_type)
 
     # -- one delivery -----------------------------------------------------------

@@ -16,13 +16,14 @@ import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
-import asyncpg
 from opentelemetry import metrics, trace
 
 from jobwire.contracts.envelope import utcnow
 from jobwire.contracts.runs import SkipReason
-from jobwire.runtime.broker import PublishContext, Stopped, backoff_wait
+from jobwire.runtime.broker import PublishContext
+from jobwire.runtime.db import DATABASE_ERRORS
 from jobwire.runtime.logs import get_logger
+from jobwire.runtime.waits import Stopped, backoff_wait, wait_any
 from jobwire.scheduler.adapters.store import NOTIFY_CHANNEL, NewRun, PostgresJobStore
 from jobwire.scheduler.dispatch import START_WORKFLOW, Dispatcher, run_id_for
 from jobwire.scheduler.domain.planner import admit, plan_due
@@ -147,7 +148,7 @@ class Firer:
                     continue  # more may be due right now
                 next_due = await self.store.next_due()
                 failures = 0
-            except (asyncpg.PostgresError, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 failures += 1
                 log.warning("scheduler.claim_failed", error=str(exc), failures=failures)
                 try:
@@ -160,11 +161,4 @@ class Firer:
                 delay = min(max((next_due - utcnow()).total_seconds(), 0.0), self.max_idle)
                 if delay == 0.0 and claimed == 0:
                     delay = 0.005  # due jobs are held by another replica's claim
-            await _wait_any(stop, self._changed, delay)
-
-
-async def _wait_any(stop: asyncio.Event, changed: asyncio.Event, timeout: float) -> None:
-    waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())}
-    _, pending = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    for waiter in pending:
-        waiter.cancel()
+            await wait_any(delay, stop, self._changed)

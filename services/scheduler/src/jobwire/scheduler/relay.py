@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
-
 from jobwire.contracts.envelope import utcnow
-from jobwire.runtime.broker import Broker, Encoded, Stopped, backoff_wait
+from jobwire.runtime.broker import Broker, Encoded
+from jobwire.runtime.db import DATABASE_ERRORS
 from jobwire.runtime.logs import get_logger
+from jobwire.runtime.waits import Stopped, backoff_wait, wait_any
 from jobwire.scheduler.adapters.store import PostgresJobStore
 
 log = get_logger("jobwire.scheduler.relay")
@@ -65,7 +65,7 @@ class OutboxRelay:
             self.wake.clear()
             try:
                 seen, published = await self.relay_once()
-            except (asyncpg.PostgresError, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 seen, published = 0, 0
                 failures += 1
                 log.warning("relay.failed", error=str(exc), failures=failures)
@@ -81,9 +81,4 @@ class OutboxRelay:
                 continue
             if seen >= self.batch:
                 continue
-            waiters = {asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())}
-            _, pending = await asyncio.wait(
-                waiters, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-            for waiter in pending:
-                waiter.cancel()
+            await wait_any(self.poll_seconds, self.wake, stop)
