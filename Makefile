@@ -39,9 +39,29 @@ contracts: install ## regenerate JSON Schema + AsyncAPI into libs/contracts/sche
 contracts-check: install ## fail when the committed schemas differ from a fresh export
 	$(RUN) python -m jobwire.contracts.export --check
 
+.PHONY: openapi
+openapi: install ## regenerate the admin API's OpenAPI document → services/scheduler/openapi.json
+	$(RUN) python -m jobwire.scheduler.api.openapi
+
+.PHONY: openapi-check
+openapi-check: install ## fail when the committed OpenAPI document differs from a fresh export
+	$(RUN) python -m jobwire.scheduler.api.openapi --check
+
+.PHONY: bench-api
+bench-api: install ## admin API benchmark (list p99, sustained trigger rate) → bench/results/api.json
+	$(RUN) python bench/api.py --out bench/results/api.json
+
 .PHONY: bench
-bench: install ## kit publish benchmark → bench/results/kit.json
+bench: install bench-scheduler ## kit publish + scheduler benchmarks → bench/results/
 	$(RUN) python bench/kit_publish.py --out bench/results/kit.json
 
+# The bench group goes into an environment of its own (git-ignored): `make install`
+# syncs .venv without it and must not remove packages from under a running benchmark.
+.PHONY: bench-scheduler
+bench-scheduler: install ## scheduler benchmark (burst vs APScheduler 4, sustained, replicas) → bench/results/scheduler.json
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/.jobwire/bench-venv $(UV) sync --frozen --all-packages --group bench
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/.jobwire/bench-venv $(RUN) --all-packages --group bench \
+		python bench/scheduler.py --out bench/results/scheduler.json
+
 .PHONY: check
-check: lint typecheck contracts-check test ## what CI runs
+check: lint typecheck contracts-check openapi-check test ## what CI runs

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -73,10 +74,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(add(i) for i in range(args.schedules)))
         added = time.time()
         await scheduler.start_in_background()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(DONE.wait(), timeout=args.timeout)
-        except TimeoutError:
-            pass
         await scheduler.stop()
     await engine.dispose()
     return {

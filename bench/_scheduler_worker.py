@@ -16,10 +16,13 @@ Instrumentation, none of it inside the scheduler's code:
   message is stored. Loop congestion delays that stamp, which is the truth from
   the scheduler's side (and slightly pessimistic as an "ack time");
 - ``Firer.fire_due`` and ``OutboxRelay.relay_once`` are wrapped to time each
-  claim transaction and each relay batch.
+  claim transaction and each relay batch;
+- ``gc.callbacks`` times the cyclic garbage collector, and a 50 ms timer measures
+  how long the event loop is blocked at a stretch (``loop_stall_ms``).
 
 The process prints ``ready`` once connected, stops on SIGTERM (or after
-``--expect`` StartWorkflow acks), lets the relay flush, and writes what it
+``--expect`` StartWorkflow acks), gives the loops the service's shutdown grace
+period (as ``run_service`` does), and writes what it
 measured to ``--result`` (JSON) and ``--result.bin`` (float64 pairs:
 scheduled_for, ack time).
 """
@@ -36,6 +39,7 @@ import platform
 import signal
 import time
 from array import array
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +66,8 @@ class Recorder:
         self.duplicates = 0
         self.errors = 0
         self.other_acks = 0  # e.g. RunSkipped events (RUNS stream)
-        self.claims: list[tuple[float, float, int]] = []
+        self.decided = 0  # StartWorkflow messages built by claims (runs dispatched)
+        self.claims: list[tuple[float, float, int, int]] = []
         self.relays: list[tuple[float, float, int, int]] = []
         self.done = asyncio.Event()
         self.expect: int | None = None
@@ -88,12 +93,40 @@ class Recorder:
             self.done.set()
 
 
+class GcClock:
+    """Time spent in the cyclic garbage collector, per generation (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.seconds[generation] += time.perf_counter() - self._start
+            self.collections[generation] += 1
+
+
+async def watch_loop(stalls: array[float], stop: asyncio.Event, every: float = 0.05) -> None:
+    """How late a 50 ms timer fires: how long the event loop was blocked at a stretch."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        due = loop.time() + every
+        await asyncio.sleep(every)
+        stalls.append(max(0.0, loop.time() - due))
+
+
 def instrument(scheduler: Scheduler, broker: Broker, rec: Recorder) -> None:
     dispatcher, firer, relay, js = scheduler.dispatcher, scheduler.firer, scheduler.relay, broker.js
     fire = dispatcher.fire
 
     def fire_recorded(job, run_id, scheduled_for, *args, **kwargs):  # type: ignore[no-untyped-def]
         rec.scheduled[str(run_id)] = scheduled_for.timestamp()
+        rec.decided += 1
         return fire(job, run_id, scheduled_for, *args, **kwargs)
 
     dispatcher.fire = fire_recorded  # type: ignore[method-assign]
@@ -111,10 +144,10 @@ def instrument(scheduler: Scheduler, broker: Broker, rec: Recorder) -> None:
     fire_due = firer.fire_due
 
     async def fire_due_timed(now):  # type: ignore[no-untyped-def]
-        start = time.time()
+        start, decided = time.time(), rec.decided
         claimed = await fire_due(now)
         if claimed:
-            rec.claims.append((start, time.time(), claimed))
+            rec.claims.append((start, time.time(), claimed, rec.decided - decided))
         return claimed
 
     firer.fire_due = fire_due_timed  # type: ignore[method-assign]
@@ -170,17 +203,41 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             waiter.cancel()
         stop.set()
 
+    if os.environ.get("JOBWIRE_BENCH_NO_DEFINITION_CACHE"):  # experiment only
+        from jobwire.scheduler.adapters import store
+
+        store._DEFINITIONS_CACHED = 1  # type: ignore[attr-defined]  # ≈ parse on every claim
     if os.environ.get("JOBWIRE_BENCH_GC_FREEZE"):  # experiment only: not how the service runs
         gc.collect()
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
+    gc_clock = GcClock()
     print("ready", flush=True)
     started = time.time()
-    async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(scheduler.firer.run(stop))
-        tasks.create_task(scheduler.relay.run(stop))
-        tasks.create_task(until_done())
+
+    async def serve() -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(scheduler.firer.run(stop))
+            tasks.create_task(scheduler.relay.run(stop))
+
+    stalls: array[float] = array("d")
+    watcher = asyncio.create_task(watch_loop(stalls, stop))
+    serving = asyncio.create_task(serve())
+    serving.add_done_callback(lambda _: stop.set())  # a crashed loop ends the run
+    await until_done()
+    # As run_service does: in-flight work gets the grace period, then is cancelled
+    # (the relay would otherwise drain a whole backlog before returning).
+    _, pending = await asyncio.wait({serving}, timeout=settings.shutdown_grace_seconds)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(serving, return_exceptions=True)
+    if not serving.cancelled() and serving.exception() is not None:
+        raise serving.exception()  # type: ignore[misc]
     stopped = time.time()
+    watcher.cancel()
+    stalls_ms = sorted(x * 1000 for x in stalls)
+    tracked = [len(gc.get_objects(generation)) for generation in range(3)]
+    kinds = Counter(type(o).__qualname__ for o in gc.get_objects()).most_common(12)
     await broker.close()
     await pool.close()
     return {
@@ -192,6 +249,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "duplicate_acks": rec.duplicates,
         "publish_errors": rec.errors,
         "other_acks": rec.other_acks,
+        "gc_seconds": gc_clock.seconds,
+        "gc_collections": gc_clock.collections,
+        "gc_tracked_objects_at_stop": tracked,
+        "gc_tracked_kinds_at_stop": kinds,
+        "loop_stall_ms": {
+            "p50": stalls_ms[len(stalls_ms) // 2] if stalls_ms else None,
+            "p99": stalls_ms[int(len(stalls_ms) * 0.99)] if stalls_ms else None,
+            "max": stalls_ms[-1] if stalls_ms else None,
+            "over_100ms": sum(1 for x in stalls_ms if x > 100),
+            "samples": len(stalls_ms),
+        },
         "claims": rec.claims,
         "relays": rec.relays,
         "ids": rec.ids,

@@ -20,29 +20,42 @@ The stream's own message count is read as an independent cross-check.
 
 1. ``burst_2000`` — 2,000 one-shot start-workflow jobs due at one instant a few
    seconds ahead, one scheduler, until all 2,000 StartWorkflow are acked.
-   fires/s = 2,000 / (last ack − start of the first claim that claimed jobs);
-   lag = ack time − scheduled time. ``peer``: APScheduler 4 (AsyncScheduler,
+   fires/s = 2,000 / (last ack - start of the first claim that claimed jobs);
+   lag = ack time - scheduled time. ``peer``: APScheduler 4 (AsyncScheduler,
    SQLAlchemyDataStore via asyncpg on the same PostgreSQL, default settings,
    2,000 DateTrigger schedules for one instant, a trivial async task stamping its
-   run time); fires/s = 2,000 / (last run − first schedule acquisition); lag =
-   run time − scheduled time (no broker hop on that side).
+   run time); fires/s = 2,000 / (last run - first schedule acquisition); lag =
+   run time - scheduled time (no broker hop on that side). ``what_if``: our side
+   again with ``claim_batch`` 250 instead of the default 1000.
 2. ``sustained_100k`` — 100,000 schedules: 25k cron ``o/5 * * * * *`` and 25k
    ``o/10 * * * * *`` (every second offset ``o`` of the period equally used), 50k
-   interval schedules of 2–8 s with anchors spread over the period. Offered load
-   ≈ 19.8k fires/s, above the 15k goal, so the scheduler — not the workload — is
+   interval schedules of 2-8 s with anchors spread over the period. Offered load
+   ~ 19.8k fires/s, above the 15k goal, so the scheduler — not the workload — is
    the limit. After a warm-up, fires/s = StartWorkflow acked inside a 60 s window
    / 60 (cross-checked with the stream's message count), plus lag in the window,
    the backlog left at its end, and CPU seconds of the scheduler process,
-   PostgreSQL and nats-server over the window. Under backlog a claim fires every
-   due slot of a job (within the misfire grace) at once, so ``fires_per_claimed_job``
-   is reported too. ``--profile`` adds a py-spy profile of the scheduler process
-   over the window.
+   PostgreSQL and nats-server over the window (the machine's busy fraction shows
+   what else ran). Under backlog a claim fires every due slot of a job (within the
+   misfire grace) at once, so ``runs_per_claimed_job`` is reported, and
+   ``runs_decided_per_s`` (the firing loop) next to acked fires/s (firing loop +
+   relay). The worker also times the cyclic garbage collector (``gc.callbacks``).
+   Then (not in the window) 10 s of py-spy on the scheduler process under the
+   same load (``--profile 0`` skips it), and ``what_if``: the scenario again with
+   a 5 s warm-up, a 20 s window and changes the scheduler does not ship -
+   ``gc-freeze`` (raised GC thresholds + ``gc.freeze()``) and ``claim-index`` (an
+   index matching the claim's ORDER BY) - to show what would lift it
+   (``--what-if-window 0`` skips them).
 3. ``replicas_3`` — 3 scheduler processes (own pool, own NATS connection) over
    20,000 one-shot jobs due evenly over 10 s. Checks: every job has exactly one
    run in the database and exactly one StartWorkflow in the stream; duplicates
    (same run id twice in the stream, or two runs for one job) and missed jobs
    (no run, no message) must be 0. Re-publishes absorbed by the stream's
    de-duplication (``PubAck.duplicate``) are reported as well.
+
+The machine is shared: its load average before and after, and the busy fraction
+of all CPUs against the CPU used by the scheduler, PostgreSQL and nats-server, are
+in the results. Run: ``make bench-scheduler`` (~5 min) or
+``uv run --group bench python bench/scheduler.py --help``.
 """
 
 from __future__ import annotations
@@ -55,6 +68,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -186,7 +200,29 @@ def machine_info() -> dict[str, Any]:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
+    commit = dirty = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=BENCH,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--", "services/scheduler/src", "libs"],
+                cwd=BENCH.parent,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+        )
     return {
+        "git_commit": commit,
+        "scheduler_or_libs_uncommitted_changes": dirty,
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "machine": platform.machine(),
@@ -205,11 +241,21 @@ def machine_info() -> dict[str, Any]:
 class Env:
     admin_dsn: str
     nats_url: str
+    tmp: Path
     postgres_pid: int | None = None
     nats_pid: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="jobwire-bench-")))
+    experiments: frozenset[str] = frozenset()
     info: dict[str, Any] = field(default_factory=dict)
+    processes: list[asyncio.subprocess.Process] = field(default_factory=list)
+    py_spy: Path | None = None
+
+    async def kill_leftovers(self) -> None:
+        """Processes a failed scenario left running (by PID, ours only)."""
+        for process in self.processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
 
     def dsn(self, database: str) -> str:
         parts = urlsplit(self.admin_dsn)
@@ -252,10 +298,25 @@ class Env:
             await broker.close()
 
 
-async def scheduler_pool(dsn: str) -> asyncpg.Pool:
+EXPERIMENTS = {
+    "claim-index": "adds an index on jobs (priority DESC, next_fire_at) matching the claim's "
+    "ORDER BY (not in the shipped migrations)",
+    "gc-freeze": "scheduler processes run gc.freeze() after start-up and "
+    "gc.set_threshold(100_000, 50, 100) (not how the service runs)",
+    "no-definition-cache": "the store's per-process JobDefinition cache is held to one "
+    "entry, so each claim parses definitions again (as before that cache existed)",
+}
+
+
+async def scheduler_pool(env: Env, dsn: str) -> asyncpg.Pool:
     pool = await connect_pool(dsn, max_size=4)
     assert spec.migrations is not None
     await migrate(pool, "scheduler", load_migrations(spec.migrations))
+    if "claim-index" in env.experiments:
+        await pool.execute(
+            "CREATE INDEX jobs_claim ON scheduler.jobs (priority DESC, next_fire_at) "
+            "WHERE next_fire_at IS NOT NULL AND enabled AND NOT paused"
+        )
     return pool
 
 
@@ -329,13 +390,16 @@ class Worker:
             raise RuntimeError(f"scheduler worker {self.pid} did not stop in {timeout} s") from None
         if self.process.returncode != 0:
             raise RuntimeError(f"scheduler worker {self.pid} exited {self.process.returncode}")
-        result: dict[str, Any] = json.loads(self.result_path.read_text())
-        pairs = array("d")
-        raw = Path(f"{self.result_path}.bin").read_bytes()
-        pairs.frombytes(raw)
-        result["scheduled"] = pairs[0::2]
-        result["acks"] = pairs[1::2]
-        return result
+        return _read_result(self.result_path)
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(path.read_text())
+    pairs = array("d")
+    pairs.frombytes(Path(f"{path}.bin").read_bytes())
+    result["scheduled"] = pairs[0::2]
+    result["acks"] = pairs[1::2]
+    return result
 
 
 async def start_worker(
@@ -370,7 +434,15 @@ async def start_worker(
         command += ["--expect", str(expect)]
     if keep_ids:
         command.append("--keep-ids")
-    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+    child_env = dict(os.environ)
+    if "gc-freeze" in env.experiments:
+        child_env["JOBWIRE_BENCH_GC_FREEZE"] = "1"
+    if "no-definition-cache" in env.experiments:
+        child_env["JOBWIRE_BENCH_NO_DEFINITION_CACHE"] = "1"
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, env=child_env
+    )
+    env.processes.append(process)
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
     if line.strip() != b"ready":
@@ -386,13 +458,19 @@ def _namespace(broker: Broker) -> str:
 # -- 1. burst --------------------------------------------------------------------------
 
 
-async def burst(env: Env, jobs: int, lead: float, peer: bool) -> dict[str, Any]:
+async def burst(
+    env: Env, jobs: int, lead: float, peer: bool, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     async with env.database("burst") as dsn, env.streams() as broker:
-        pool = await scheduler_pool(dsn)
-        worker = await start_worker(env, dsn, _namespace(broker), "burst", expect=jobs, timeout=90)
+        pool = await scheduler_pool(env, dsn)
+        worker = await start_worker(
+            env, dsn, _namespace(broker), "burst", expect=jobs, timeout=90, options=options
+        )
         now = datetime.now(UTC)
         due = (now + timedelta(seconds=lead)).replace(microsecond=0)
-        rows = [job_row(f"burst-{i}", {"kind": "once", "at": due.isoformat()}, now) for i in range(jobs)]
+        rows = [
+            job_row(f"burst-{i}", {"kind": "once", "at": due.isoformat()}, now) for i in range(jobs)
+        ]
         await insert_jobs(pool, rows)
         if datetime.now(UTC) > due - timedelta(seconds=0.5):
             raise RuntimeError("burst setup overran the due instant; raise --burst-lead")
@@ -417,9 +495,12 @@ async def burst(env: Env, jobs: int, lead: float, peer: bool) -> dict[str, Any]:
         "duration_s": round(last_ack - first_claim, 3),
         "first_claim_after_due_ms": _r((first_claim - due.timestamp()) * 1000),
         "lag_ms": lag_summary(lags),
+        "event_loop_stall_ms": {
+            k: _r(v) if isinstance(v, float) else v for k, v in result["loop_stall_ms"].items()
+        },
         "claims": [
             {"start_ms": _r((s - due.timestamp()) * 1000), "ms": _r((e - s) * 1000), "jobs": n}
-            for s, e, n in result["claims"]
+            for s, e, n, _ in result["claims"]
         ],
         "relay_batches": [
             {"start_ms": _r((s - due.timestamp()) * 1000), "ms": _r((e - s) * 1000), "rows": n}
@@ -458,6 +539,7 @@ async def burst_peer(env: Env, jobs: int) -> dict[str, Any]:
             str(result_path),
         ]
         process = await asyncio.create_subprocess_exec(*command)
+        env.processes.append(process)
         await asyncio.wait_for(process.wait(), timeout=240)
         if process.returncode != 0:
             raise RuntimeError(f"APScheduler peer exited {process.returncode}")
@@ -534,16 +616,35 @@ async def snapshot(env: Env, broker: Broker, worker: Worker) -> Snapshot:
     )
 
 
+async def table_health(pool: asyncpg.Pool) -> dict[str, Any]:
+    """Dead tuples per table, and what the relay's outbox query costs right now."""
+    stats = await pool.fetch(
+        "SELECT relname, n_live_tup, n_dead_tup, autovacuum_count FROM pg_stat_user_tables "
+        "WHERE schemaname = 'scheduler' AND relname IN ('jobs', 'runs', 'outbox')"
+    )
+    plan = await pool.fetchval(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT id, subject, payload, headers, "
+        "completes FROM scheduler.outbox ORDER BY id LIMIT 2000"
+    )
+    top = (json.loads(plan) if isinstance(plan, str) else plan)[0]
+    return {
+        **{r["relname"]: {k: r[k] for k in list(r.keys())[1:]} for r in stats},
+        "outbox_first_2000_rows_query_ms": round(top["Execution Time"], 1),
+        "outbox_first_2000_rows_shared_buffers": top["Plan"].get("Shared Hit Blocks", 0)
+        + top["Plan"].get("Shared Read Blocks", 0),
+    }
+
+
 def _delta(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(b - a, 2)
 
 
 async def sustained(
-    env: Env, jobs: int, warmup: float, window: float, profile: bool
+    env: Env, jobs: int, warmup: float, window: float, profile: float = 0.0
 ) -> dict[str, Any]:
     rng = random.Random(7)
     async with env.database("sustained") as dsn, env.streams() as broker:
-        pool = await scheduler_pool(dsn)
+        pool = await scheduler_pool(env, dsn)
         setup_start = time.time()
         # Jobs start firing at `base`; everything before it is setup.
         base = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=12)
@@ -558,9 +659,6 @@ async def sustained(
         w0 = base.timestamp() + warmup
         await asyncio.sleep(max(0.0, w0 - time.time()))
         first = await snapshot(env, broker, worker)
-        spy = None
-        if profile:
-            spy = start_profile(env, worker.pid, window)
         timeline = []
         while time.time() < w0 + window:
             await asyncio.sleep(min(5.0, w0 + window - time.time()))
@@ -577,7 +675,14 @@ async def sustained(
                     "WHERE next_fire_at <= now()"
                 )
             ),
+            "tables": await table_health(pool),
         }
+        profiled = None
+        if profile and env.py_spy is None:
+            profiled = {"error": "py-spy is not installed (uv sync --group bench)"}
+        elif profile:
+            # After the measured window, so that py-spy's own CPU does not count in it.
+            profiled = await finish_profile(*start_profile(env, worker.pid, profile), profile)
         worker.terminate()
         result = await worker.finish(timeout=60)
         await pool.close()
@@ -588,6 +693,7 @@ async def sustained(
     span = w1 - first.at
     claims = [c for c in result["claims"] if w0 <= c[0] < w1]
     claimed_jobs = sum(c[2] for c in claims)
+    decided = sum(c[3] for c in claims)
     busy = (last.busy[0] - first.busy[0]) / (last.busy[1] - first.busy[1])
     previous = (first.at, first.stored)
     rates = []
@@ -610,11 +716,16 @@ async def sustained(
         "lag_ms_last_5s": lag_summary(a - s for s, a in in_window if a >= w1 - 5),
         "claims_in_window": len(claims),
         "jobs_claimed_per_s": round(claimed_jobs / span),
-        "fires_per_claimed_job": round(len(in_window) / claimed_jobs, 2) if claimed_jobs else None,
+        "runs_decided_per_s": round(decided / span),
+        "runs_per_claimed_job": round(decided / claimed_jobs, 2) if claimed_jobs else None,
         "mean_claim_ms": _r(sum(c[1] - c[0] for c in claims) / len(claims) * 1000)
         if claims
         else None,
         "firer_busy_fraction": round(sum(c[1] - c[0] for c in claims) / span, 3),
+        "relay_batches_first_vs_last_10s": [
+            _relay_stats([r for r in result["relays"] if w0 <= r[0] < w0 + 10]),
+            _relay_stats([r for r in result["relays"] if w1 - 10 <= r[0] < w1]),
+        ],
         "relay_busy_fraction": round(
             sum(r[1] - r[0] for r in result["relays"] if w0 <= r[0] < w1) / span, 3
         ),
@@ -625,13 +736,35 @@ async def sustained(
             "nats_server": _per_s(_delta(first.nats_cpu, last.nats_cpu), span),
             "machine_busy_fraction": round(busy, 3),
         },
+        "event_loop_stall_ms": {
+            k: _r(v) if isinstance(v, float) else v for k, v in result["loop_stall_ms"].items()
+        },
+        "gc_fraction_of_process_wall": round(
+            sum(result["gc_seconds"]) / (result["stopped"] - result["started"]), 3
+        ),
+        "gc_collections_by_generation": result["gc_collections"],
+        "gc_seconds_by_generation": [round(x, 2) for x in result["gc_seconds"]],
+        "gc_tracked_objects_at_stop": result["gc_tracked_objects_at_stop"],
+        "gc_tracked_kinds_at_stop": dict(result["gc_tracked_kinds_at_stop"][:8]),
         "other_acks": result["other_acks"],
         "goal_fires_per_s": 15_000,
     }
     out["goal_met"] = out["fires_per_s"] >= 15_000
-    if spy is not None:
-        out["profile"] = await finish_profile(*spy)
+    if profiled is not None:
+        out["profile"] = profiled
     return out
+
+
+def _relay_stats(batches: list[list[float]]) -> dict[str, Any]:
+    if not batches:
+        return {}
+    rows = sum(b[2] for b in batches)
+    seconds = sum(b[1] - b[0] for b in batches)
+    return {
+        "batches": len(batches),
+        "mean_ms": round(seconds / len(batches) * 1000, 1),
+        "rows_per_s_while_busy": round(rows / seconds) if seconds else None,
+    }
 
 
 def _per_s(value: float | None, span: float) -> float | None:
@@ -659,21 +792,18 @@ PROFILE_GROUPS = {
     "next_due query": ["PostgresJobStore.next_due"],
     "nats-py reading socket (acks → futures)": ["Client._read_loop"],
     "nats-py flusher (socket writes)": ["Client._flusher"],
-    "bench instrumentation (ack/fire recording)": [
-        "Recorder.on_ack",
-        "instrument.<locals>.fire_recorded",
-        "instrument.<locals>.publish_recorded.<locals>.<lambda>",
-    ],
 }
+_PASS_THROUGH = {"<module>", "main", "run", "until_done"}
+_PROJECT_CODE = ("jobwire/", "scheduler/", "runtime/", "contracts/", "nats/", "asyncpg/")
 IDLE_FRAMES = {"EpollSelector.select", "select", "poll", "epoll_wait"}
 
 
 def start_profile(env: Env, pid: int, seconds: float) -> tuple[subprocess.Popen[bytes], Path]:
-    py_spy = Path(sys.executable).parent / "py-spy"
-    out = env.tmp / "sustained.pyspy.txt"
+    variant = "-".join(sorted(env.experiments)) or "shipped"
+    out = env.tmp / f"sustained-{variant}.pyspy"
     process = subprocess.Popen(
         [
-            str(py_spy),
+            str(env.py_spy),
             "record",
             "--pid",
             str(pid),
@@ -694,40 +824,62 @@ def start_profile(env: Env, pid: int, seconds: float) -> tuple[subprocess.Popen[
     return process, out
 
 
-async def finish_profile(process: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
-    for _ in range(300):
-        if process.poll() is not None:
-            break
-        await asyncio.sleep(0.1)
-    else:
+async def finish_profile(
+    process: subprocess.Popen[bytes], out: Path, seconds: float
+) -> dict[str, Any]:
+    try:
+        await asyncio.to_thread(process.wait, seconds + 15)
+    except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    return summarize_profile(out, process.returncode, seconds)
+
+
+def summarize_profile(out: Path, exit_code: int | None, seconds: float) -> dict[str, Any]:
     if not out.exists():
-        return {"error": f"py-spy wrote nothing (exit {process.returncode})"}
+        return {"error": f"py-spy wrote nothing (exit {exit_code})"}
     stacks: list[tuple[list[str], int]] = []
+    instrumentation = 0
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if stack and count.isdigit():
-            frames = [f.split(" (", 1)[0] for f in stack.split(";")]
-            stacks.append((frames, int(count)))
+        if not (stack and count.isdigit()):
+            continue
+        named = [f.split(" (", 1) for f in stack.split(";")]
+        frames = [n[0] for n in named]
+        stacks.append((frames, int(count)))
+        # The bench's own wrappers: samples inside them but not in the code they wrap.
+        ours = [
+            i
+            for i, n in enumerate(named)
+            if len(n) > 1 and n[1].startswith("_scheduler_worker.py") and n[0] not in _PASS_THROUGH
+        ]
+        if ours and not any(
+            len(n) > 1 and n[1].startswith(_PROJECT_CODE) for n in named[ours[-1] + 1 :]
+        ):
+            instrumentation += int(count)
     total = sum(c for _, c in stacks) or 1
     groups = {}
     for label, names in PROFILE_GROUPS.items():
         hits = sum(c for frames, c in stacks if any(n in frames for n in names))
         groups[label] = round(100 * hits / total, 1)
-    leaf = Counter()
+    leaf: Counter[str] = Counter()
     for frames, c in stacks:
         leaf[frames[-1] if frames else "?"] += c
     idle = sum(c for frames, c in stacks if frames and frames[-1] in IDLE_FRAMES)
-    saved = BENCH / "results" / "scheduler-sustained.pyspy.txt"
+    saved = BENCH / "results" / f"scheduler-{out.stem}.pyspy.txt"
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(out.read_text())
     return {
         "samples": total,
-        "note": "% of wall-clock samples of the scheduler's main thread (py-spy --idle): "
-        "time awaiting PostgreSQL/NATS shows up as the event loop idle in select",
+        "seconds": seconds,
+        "note": "% of wall-clock samples of the scheduler's main thread (py-spy --idle, "
+        "--nonblocking, 100 Hz, taken right after the measured window, same load): time "
+        "awaiting PostgreSQL/NATS shows up as the event loop idle in select; garbage "
+        "collector pauses are charged to whichever frame allocated when one started "
+        "(see gc_seconds_by_generation for the collector's own measured time)",
         "idle_in_event_loop_pct": round(100 * idle / total, 1),
         "inclusive_pct": groups,
+        "bench_instrumentation_pct": round(100 * instrumentation / total, 1),
         "top_self_pct": {k: round(100 * v / total, 1) for k, v in leaf.most_common(25)},
         "raw": str(saved.relative_to(BENCH.parent)),
     }
@@ -738,7 +890,7 @@ async def finish_profile(process: subprocess.Popen[bytes], out: Path) -> dict[st
 
 async def replicas(env: Env, jobs: int, count: int, spread: float) -> dict[str, Any]:
     async with env.database("replicas") as dsn, env.streams() as broker:
-        pool = await scheduler_pool(dsn)
+        pool = await scheduler_pool(env, dsn)
         workers = [
             await start_worker(env, dsn, _namespace(broker), f"replica{i}", keep_ids=True)
             for i in range(count)
@@ -756,7 +908,9 @@ async def replicas(env: Env, jobs: int, count: int, spread: float) -> dict[str, 
         ]
         await insert_jobs(pool, rows)
         deadline = base.timestamp() + spread + 30
-        while time.time() < deadline and await stream_messages(broker) < jobs:
+        while time.time() < deadline:
+            if await stream_messages(broker) >= jobs:
+                break
             await asyncio.sleep(0.25)
         await asyncio.sleep(1.0)  # anything late or duplicated would show up now
         for worker in workers:
@@ -841,7 +995,9 @@ async def read_stream(broker: Broker) -> list[tuple[str, str]]:
                 break
             for msg in msgs:
                 body = json.loads(msg.data)
-                out.append(((msg.headers or {}).get("Nats-Msg-Id", ""), body["data"]["origin"]["job_id"]))
+                out.append(
+                    ((msg.headers or {}).get("Nats-Msg-Id", ""), body["data"]["origin"]["job_id"])
+                )
     finally:
         await sub.unsubscribe()
     return out
@@ -851,6 +1007,13 @@ async def read_stream(broker: Broker) -> list[tuple[str, str]]:
 
 
 async def run(env: Env, args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        return await run_scenarios(env, args)
+    finally:
+        await env.kill_leftovers()
+
+
+async def run_scenarios(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     admin = await asyncpg.connect(env.admin_dsn)
     try:
         env.info["postgresql"] = await admin.fetchval("SELECT version()")
@@ -870,6 +1033,20 @@ async def run(env: Env, args: argparse.Namespace) -> dict[str, Any]:
         results["burst_2000"] = await burst(env, args.burst_jobs, args.burst_lead, not args.no_peer)
         results["burst_2000"]["wall_s"] = round(time.time() - started, 1)
         _print_burst(results["burst_2000"])
+        if args.what_if_window > 0:
+            options = {"claim_batch": 250}
+            smaller = (await burst(env, args.burst_jobs, args.burst_lead, False, options))["ours"]
+            results["burst_2000"]["what_if"] = {
+                "claim_batch_250": {
+                    "changes": [f"SchedulerOptions {json.dumps(options)} (default 1000)"],
+                    **{k: smaller[k] for k in ("fires_per_s", "lag_ms", "claims", "relay_batches")},
+                }
+            }
+            print(
+                f"  what-if claim_batch 250: {smaller['fires_per_s']:,} fires/s, "
+                f"lag p99 {smaller['lag_ms']['p99']} ms",
+                flush=True,
+            )
     if "sustained" in scenarios:
         started = time.time()
         results["sustained_100k"] = await sustained(
@@ -877,12 +1054,62 @@ async def run(env: Env, args: argparse.Namespace) -> dict[str, Any]:
         )
         results["sustained_100k"]["wall_s"] = round(time.time() - started, 1)
         _print_sustained(results["sustained_100k"])
+        if args.what_if_window > 0:
+            results["sustained_100k"]["what_if"] = await what_if(env, args)
     if "replicas" in scenarios:
         started = time.time()
         results["replicas_3"] = await replicas(env, args.replica_jobs, args.replicas, args.spread)
         results["replicas_3"]["wall_s"] = round(time.time() - started, 1)
         _print_replicas(results["replicas_3"])
     return results
+
+
+WHAT_IF = (("gc-freeze",), ("claim-index", "gc-freeze"))
+WHAT_IF_KEYS = (
+    "fires_per_s",
+    "stream_stored_per_s",
+    "runs_decided_per_s",
+    "jobs_claimed_per_s",
+    "runs_per_claimed_job",
+    "mean_claim_ms",
+    "gc_fraction_of_process_wall",
+    "event_loop_stall_ms",
+    "firer_busy_fraction",
+    "relay_busy_fraction",
+    "backlog_at_window_end",
+    "cpu_seconds_per_s",
+)
+
+
+async def what_if(env: Env, args: argparse.Namespace) -> dict[str, Any]:
+    """The sustained scenario again, shorter, with changes the scheduler does not ship."""
+    out: dict[str, Any] = {}
+    shipped = env.experiments
+    try:
+        for variant in WHAT_IF:
+            env.experiments = frozenset(variant)
+            # A profile without the collector's pauses shows the remaining costs.
+            profile = args.profile if variant == ("gc-freeze",) else 0.0
+            warmup = min(args.warmup, 5.0)
+            r = await sustained(env, args.sustained_jobs, warmup, args.what_if_window, profile)
+            name = "+".join(variant)
+            out[name] = {
+                "changes": [EXPERIMENTS[v] for v in variant],
+                "warmup_s": warmup,
+                "window_s": r["window_s"],
+                **{k: r[k] for k in WHAT_IF_KEYS},
+            }
+            if "profile" in r:
+                out[name]["profile"] = r["profile"]
+            print(
+                f"  what-if {name}: {r['fires_per_s']:,} fires/s acked, "
+                f"{r['runs_decided_per_s']:,} runs/s decided, outbox left "
+                f"{r['backlog_at_window_end']['outbox_rows']:,}",
+                flush=True,
+            )
+    finally:
+        env.experiments = shipped
+    return out
 
 
 def _print_burst(r: dict[str, Any]) -> None:
@@ -896,7 +1123,7 @@ def _print_burst(r: dict[str, Any]) -> None:
         plag = peer.get("lag_ms", {})
         line += (
             f" · APScheduler {peer.get('fires_per_s')} fires/s, lag p99 {plag.get('p99')} ms"
-            f" · ratio {r.get('ratio_vs_peer')}×"
+            f" · ratio {r.get('ratio_vs_peer')}x"
         )
     print(line + f" · goals met: {r['goal_met']}", flush=True)
 
@@ -934,7 +1161,18 @@ def main() -> None:
     parser.add_argument("--sustained-jobs", type=int, default=100_000)
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--window", type=float, default=60.0)
-    parser.add_argument("--profile", action="store_true", help="py-spy the sustained window")
+    parser.add_argument(
+        "--profile",
+        type=float,
+        default=10.0,
+        help="seconds of py-spy on the sustained scheduler after its window (0: none)",
+    )
+    parser.add_argument(
+        "--what-if-window",
+        type=float,
+        default=20.0,
+        help="window of the sustained what-if runs (0: skip them)",
+    )
     parser.add_argument("--replica-jobs", type=int, default=20_000)
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--spread", type=float, default=10.0)
@@ -944,12 +1182,20 @@ def main() -> None:
         default={},
         help="SchedulerOptions JSON for every scheduler process (default: the service's defaults)",
     )
+    parser.add_argument(
+        "--experiment",
+        action="append",
+        choices=sorted(EXPERIMENTS),
+        default=[],
+        help="try a change the scheduler does not ship (for what-if numbers; off by default)",
+    )
     parser.add_argument("--database-url", default=os.environ.get("JOBWIRE_BENCH_DATABASE_URL"))
     parser.add_argument("--nats-url", default=os.environ.get("JOBWIRE_BENCH_NATS_URL"))
     args = parser.parse_args()
 
     started = time.time()
-    tmp = Path(tempfile.mkdtemp(prefix="jobwire-bench-"))
+    load_before = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="jobwire-bench-scheduler-"))
     tmp.chmod(0o755)  # PostgreSQL runs as the postgres OS user when we are root
     postgres = nats_server = None
     try:
@@ -966,22 +1212,35 @@ def main() -> None:
             nats_pid=nats_server.pid if nats_server else None,
             tmp=tmp,
             options=args.scheduler_options,
+            experiments=frozenset(args.experiment),
         )
+        installed = Path(sys.executable).parent / "py-spy"
+        if installed.exists():
+            # A private copy: a concurrent `uv sync` without the bench group must not
+            # take it away in the middle of the run.
+            env.py_spy = tmp / "py-spy"
+            shutil.copy2(installed, env.py_spy)
         results = asyncio.run(run(env, args))
     finally:
         if nats_server is not None:
             nats_server.stop()
         if postgres is not None:
             postgres.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     document = {
         "benchmark": "scheduler",
         "scheduler_options": args.scheduler_options or "service defaults",
+        "experiments": {name: EXPERIMENTS[name] for name in args.experiment} or None,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "how": __doc__,
         **results,
         "environment": {
             **machine_info(),
             **env.info,
+            "load_average_1m_before_and_after": [
+                round(load_before[0], 2),
+                round(os.getloadavg()[0], 2),
+            ],
             "postgresql_server": "private (embedded, same machine)"
             if postgres
             else "JOBWIRE_BENCH_DATABASE_URL",

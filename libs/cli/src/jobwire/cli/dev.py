@@ -28,7 +28,13 @@ from jobwire.runtime.embedded import (
     terminate,
 )
 from jobwire.runtime.logs import setup_logging
-from jobwire.runtime.service import VERSION, ServiceSpec, install_signal_handlers, run_services
+from jobwire.runtime.service import (
+    VERSION,
+    ServiceSpec,
+    install_signal_handlers,
+    run_services,
+    tune_garbage_collector,
+)
 from jobwire.runtime.settings import ServiceSettings, SettingsError, load_settings
 from jobwire.runtime.telemetry import setup_telemetry, shutdown_telemetry
 
@@ -149,6 +155,7 @@ def _run(data: Path, services: dict[str, ServiceSpec], examples: list[str]) -> i
 
         setup_logging(base.log_level, base.log_format, service="dev")
         setup_telemetry("jobwire-dev", VERSION, f"dev-{os.getpid()}", base.host)
+        tune_garbage_collector()
 
         async def main() -> None:
             stop = asyncio.Event()

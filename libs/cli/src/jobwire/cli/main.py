@@ -2,7 +2,9 @@
 
 Each installed service registers itself under the ``jobwire.services`` entry
 point group and becomes a subcommand (``jobwire scheduler`` …); ``jobwire dev``
-runs all of them in one process on embedded servers.
+runs all of them in one process on embedded servers. ``jobs``, ``runs``,
+``watch``, ``apply`` and ``export`` talk to the admin API; ``tokens`` makes
+API tokens in the database directly.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from typing import Annotated
 
 import typer
 
+from jobwire.cli import apply, jobs, runs, tokens, watch
+from jobwire.cli.context import Cli
+from jobwire.cli.output import OutputFormat
 from jobwire.runtime.service import ServiceSpec, serve
 
 app = typer.Typer(
@@ -21,6 +26,34 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    api_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The admin API (default: JOBWIRE_API_URL, else api_url in the config file, "
+            "else http://127.0.0.1:8080). The token comes from JOBWIRE_TOKEN or the config "
+            "file ~/.config/jobwire/config.toml.",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        OutputFormat, typer.Option("--output", "-o", help="How commands print their results.")
+    ] = OutputFormat.TABLE,
+) -> None:
+    """jobwire: job execution on NATS JetStream."""
+    ctx.obj = Cli(api_url=api_url, output=output)
+
+
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(runs.app, name="runs")
+app.add_typer(tokens.app, name="tokens")
+app.command("watch")(watch.watch)
+app.command("apply")(apply.apply)
+app.command("export")(apply.export)
 
 SERVICE_GROUP = "jobwire.services"
 

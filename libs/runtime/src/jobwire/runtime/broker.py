@@ -435,9 +435,9 @@ class Broker:
     async def ensure_consumer(self, stream: Stream, config: ConsumerConfig) -> ConsumerInfo:
         """Create the durable consumer, or bring an existing one to ``config``.
 
-        :meth:`consume` alone keeps an existing consumer's configuration; a
-        caller whose correctness depends on it (the worker's ack wait against
-        its heartbeat) applies it first with this.
+        :meth:`consume` calls this first: a bare pull_subscribe would keep an
+        existing consumer's old configuration (say, an ack wait shorter than a
+        worker's heartbeat now needs).
         """
         return await self.js.add_consumer(self.subjects.stream_name(stream), config=config)
 
@@ -472,17 +472,30 @@ class Broker:
         """
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        psub = await self.js.pull_subscribe(
+        config = self.consumer_config(
+            durable,
             filter_subject,
-            durable=durable,
-            stream=self.subjects.stream_name(stream),
-            config=self.consumer_config(
-                durable,
-                filter_subject,
-                ack_wait_seconds=ack_wait_seconds,
-                max_ack_pending=max_ack_pending or batch * 4,
-            ),
+            ack_wait_seconds=ack_wait_seconds,
+            max_ack_pending=max_ack_pending or batch * 4,
         )
+        failures = 0
+        while True:  # NATS may be away right now: wait for it like for messages
+            try:
+                await self.ensure_consumer(stream, config)
+                psub = await self.js.pull_subscribe(
+                    filter_subject,
+                    durable=durable,
+                    stream=self.subjects.stream_name(stream),
+                    config=config,
+                )
+                break
+            except Exception as exc:
+                failures += 1
+                log.warning("consume.subscribe_failed", durable=durable, error=str(exc))
+                try:
+                    await backoff_wait(min(0.5 * 2**failures, 10.0), stop)
+                except Stopped:
+                    return
         source = dlq_source or durable
         running: set[asyncio.Task[None]] = set()
 

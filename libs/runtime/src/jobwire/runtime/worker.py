@@ -242,15 +242,6 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Take and run JobDue commands until ``stop`` is set and running ones finished."""
         filter_subject = self.subjects.job_due(self.job_type)
-        await self.broker.ensure_consumer(
-            Stream.JOBS,
-            self.broker.consumer_config(
-                self.durable,
-                filter_subject,
-                ack_wait_seconds=self.ack_wait_seconds,
-                max_ack_pending=self.max_ack_pending,
-            ),
-        )
         # One subscription for every run here, not one per run.
         cancels: Subscription = await self.broker.nc.subscribe(
             self.subjects.all_run_events(RunEvent.CANCEL_REQUESTED), cb=self._on_cancel_requested

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from datetime import timedelta
 from importlib.resources import files
+from typing import TYPE_CHECKING
+
+from starlette.routing import BaseRoute, Mount
 
 from jobwire.contracts.envelope import utcnow
 from jobwire.runtime.logs import get_logger
@@ -17,6 +21,9 @@ from jobwire.scheduler.firing import Firer
 from jobwire.scheduler.relay import OutboxRelay
 from jobwire.scheduler.run_events import RunRecorder
 from jobwire.scheduler.settings import SchedulerSettings
+
+if TYPE_CHECKING:
+    from jobwire.scheduler.api import ApiContext
 
 log = get_logger("jobwire.scheduler")
 
@@ -67,8 +74,33 @@ class Scheduler:
             tasks.create_task(_retention(self.store, self.options.history_days, self.stopping))
 
 
+# The kit builds a service's routes before it runs its main (the HTTP server
+# starts first), and the API needs the relay that main builds, to wake it when a
+# request wrote outbox rows: main finds its API here, by context.
+_apis: dict[int, ApiContext] = {}
+
+
+def routes(ctx: ServiceContext) -> Sequence[BaseRoute]:
+    """The admin API (``/api/v1``) and the Jobs Management page (``/``) on the
+    kit's HTTP server."""
+    from jobwire.scheduler.api import ApiContext, create_app
+    from jobwire.scheduler.web import web_routes
+
+    api = _apis[id(ctx)] = ApiContext.for_service(ctx)
+    # The page's routes first: the API's mount at "" takes every path it reaches.
+    return [*web_routes(), Mount("", app=create_app(api))]
+
+
 async def main(ctx: ServiceContext) -> None:
-    await Scheduler(ctx).run()
+    scheduler = Scheduler(ctx)
+    api = _apis.pop(id(ctx), None)
+    if api is not None:
+        api.on_outbox = scheduler.relay.wake.set
+    try:
+        await scheduler.run()
+    finally:
+        if api is not None:
+            await api.backfills.wait_stopped()
 
 
 async def _retention(store: PostgresJobStore, days: float, stop: asyncio.Event) -> None:
@@ -87,5 +119,6 @@ spec = ServiceSpec(
     settings=SchedulerSettings,
     migrations=files("jobwire.scheduler") / "migrations",
     schema="scheduler",
+    routes=routes,
     dev_overrides={"scheduler": {"sample_job": True}},
 )

@@ -7,7 +7,7 @@ of a thousand jobs to a handful of round trips.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +39,28 @@ class VersionConflict(Exception):
 class JobExists(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(f"a job named {name!r} exists already")
+
+
+class RunNotFound(LookupError):
+    def __init__(self, run_id: uuid.UUID) -> None:
+        super().__init__(f"no run with id {run_id}")
+        self.run_id = run_id
+
+
+class RunEnded(Exception):
+    def __init__(self, run_id: uuid.UUID, status: str) -> None:
+        super().__init__(f"run {run_id} has ended already ({status})")
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """Who makes a change and what it is, written to the audit log in the
+    change's own transaction: no change without its audit row, and no audit
+    row for a change that rolled back."""
+
+    actor: str
+    action: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +141,16 @@ def _record(row: asyncpg.Record) -> JobRecord:
 _JOB_COLUMNS = "id, name, definition, enabled, paused, next_fire_at, state, version"
 
 
+def job_view(record: JobRecord) -> dict[str, Any]:
+    """A job as the audit log keeps it, before and after a change."""
+    return {
+        "definition": record.definition.model_dump(mode="json"),
+        "enabled": record.enabled,
+        "paused": record.paused,
+        "version": record.version,
+    }
+
+
 class PostgresJobStore:
     """Job definitions and their runs in the ``scheduler`` schema."""
 
@@ -128,7 +160,9 @@ class PostgresJobStore:
 
     # -- definitions -----------------------------------------------------------
 
-    async def create(self, definition: JobDefinition, now: datetime) -> JobRecord:
+    async def create(
+        self, definition: JobDefinition, now: datetime, audit: Audit | None = None
+    ) -> JobRecord:
         job_id = uuid.uuid4()
         async with self.pool.acquire() as conn, conn.transaction():
             await self._ensure_group(conn, definition.group)
@@ -150,16 +184,26 @@ class PostgresJobStore:
             except asyncpg.UniqueViolationError:
                 raise JobExists(definition.name) from None
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-        assert row is not None
-        return _record(row)
+            assert row is not None
+            record = _record(row)
+            if audit is not None:
+                await self.write_audit(
+                    conn, audit, "job", record.name, None, job_view(record), at=now
+                )
+        return record
 
     async def update(
-        self, name: str, definition: JobDefinition, expected_version: int, now: datetime
+        self,
+        name: str,
+        definition: JobDefinition,
+        expected_version: int,
+        now: datetime,
+        audit: Audit | None = None,
     ) -> JobRecord:
         """Replace a definition; its schedule restarts from ``now``."""
         async with self.pool.acquire() as conn, conn.transaction():
             current = await conn.fetchrow(
-                f"SELECT version FROM {self.schema}.jobs WHERE name = $1 FOR UPDATE", name
+                f"SELECT {_JOB_COLUMNS} FROM {self.schema}.jobs WHERE name = $1 FOR UPDATE", name
             )
             if current is None:
                 raise JobNotFound(name)
@@ -182,18 +226,31 @@ class PostgresJobStore:
                 definition.first_fire(now),
             )
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-        assert row is not None
-        return _record(row)
+            assert row is not None
+            record = _record(row)
+            if audit is not None:
+                # Under the name it has now: a rename starts the new name's history.
+                before = job_view(_record(current))
+                await self.write_audit(
+                    conn, audit, "job", record.name, before, job_view(record), at=now
+                )
+        return record
 
-    async def set_enabled(self, name: str, enabled: bool, now: datetime) -> JobRecord:
+    async def set_enabled(
+        self, name: str, enabled: bool, now: datetime, audit: Audit | None = None
+    ) -> JobRecord:
         """Enable or disable a job. Re-enabling schedules from ``now``: slots that
         passed while it was disabled were not missed, so nothing catches up."""
-        return await self._set_flag(name, "enabled", enabled, now)
+        return await self._set_flag(name, "enabled", enabled, now, audit)
 
-    async def set_paused(self, name: str, paused: bool, now: datetime) -> JobRecord:
-        return await self._set_flag(name, "paused", paused, now)
+    async def set_paused(
+        self, name: str, paused: bool, now: datetime, audit: Audit | None = None
+    ) -> JobRecord:
+        return await self._set_flag(name, "paused", paused, now, audit)
 
-    async def _set_flag(self, name: str, column: str, value: bool, now: datetime) -> JobRecord:
+    async def _set_flag(
+        self, name: str, column: str, value: bool, now: datetime, audit: Audit | None
+    ) -> JobRecord:
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"SELECT {_JOB_COLUMNS} FROM {self.schema}.jobs WHERE name = $1 FOR UPDATE", name
@@ -214,12 +271,22 @@ class PostgresJobStore:
                 next_fire,
             )
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-        assert row is not None
-        return _record(row)
+            assert row is not None
+            after = _record(row)
+            if audit is not None:
+                await self.write_audit(
+                    conn, audit, "job", name, job_view(record), job_view(after), at=now
+                )
+        return after
 
-    async def set_group_enabled(self, group: str, enabled: bool, now: datetime) -> None:
+    async def set_group_enabled(
+        self, group: str, enabled: bool, now: datetime, audit: Audit | None = None
+    ) -> None:
         """Disabling a group stops all its jobs; enabling schedules them from ``now``."""
         async with self.pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchval(
+                f"SELECT enabled FROM {self.schema}.job_groups WHERE name = $1 FOR UPDATE", group
+            )
             await conn.execute(
                 f"""INSERT INTO {self.schema}.job_groups (name, enabled) VALUES ($1, $2)
                     ON CONFLICT (name) DO UPDATE SET enabled = EXCLUDED.enabled""",
@@ -236,6 +303,16 @@ class PostgresJobStore:
                     conn, [(r.id, r.definition.first_fire(now)) for r in map(_record, rows)]
                 )
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+            if audit is not None:
+                await self.write_audit(
+                    conn,
+                    audit,
+                    "group",
+                    group,
+                    None if before is None else {"enabled": before},
+                    {"enabled": enabled},
+                    at=now,
+                )
 
     async def _ensure_group(self, conn: asyncpg.Connection, group: str | None) -> None:
         if group is not None:
@@ -259,10 +336,19 @@ class PostgresJobStore:
         assert row is not None, f"job {job_id} vanished inside a transaction"
         return _record(row)
 
-    async def delete(self, name: str) -> None:
-        result = await self.pool.execute(f"DELETE FROM {self.schema}.jobs WHERE name = $1", name)
-        if result == "DELETE 0":
-            raise JobNotFound(name)
+    async def delete(
+        self, name: str, audit: Audit | None = None, expected_version: int | None = None
+    ) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"DELETE FROM {self.schema}.jobs WHERE name = $1 RETURNING {_JOB_COLUMNS}", name
+            )
+            if row is None:
+                raise JobNotFound(name)
+            if expected_version is not None and row["version"] != expected_version:
+                raise VersionConflict(name, expected_version, row["version"])
+            if audit is not None:
+                await self.write_audit(conn, audit, "job", name, job_view(_record(row)), None)
 
     async def runs(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
@@ -537,3 +623,559 @@ class PostgresJobStore:
             limit,
         )
         return int(result.split()[-1])
+
+    # -- the admin API -------------------------------------------------------------
+
+    async def write_audit(
+        self,
+        conn: asyncpg.Connection,
+        audit: Audit,
+        target_type: str,
+        target: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        at: datetime | None = None,
+    ) -> None:
+        await conn.execute(
+            f"""INSERT INTO {self.schema}.audit_log
+                    (at, actor, action, target_type, target, before, after)
+                VALUES (coalesce($1, clock_timestamp()), $2, $3, $4, $5, $6, $7)""",
+            at,
+            audit.actor,
+            audit.action,
+            target_type,
+            target,
+            before,
+            after,
+        )
+
+    async def job_page(
+        self, where: JobFilter, sort: str = "name", limit: int | None = 100, offset: int = 0
+    ) -> tuple[list[JobSummary], int]:
+        """One page of the Jobs Management table and how many jobs match in all.
+
+        Only the page's jobs get their runs looked up, so the first page of
+        10,000 jobs costs about what a table of 100 does. ``limit=None``
+        returns every match (for filters applied afterwards, such as status).
+        """
+        conditions, args = where.sql(self.schema)
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        key = sort.removeprefix("-")
+        column = _SORT_COLUMNS[key]
+        direction = "DESC" if sort.startswith("-") else "ASC"
+        order = f"sort_value {direction} NULLS LAST, name"
+        filtered = " AND ".join(conditions) or "true"
+        count_args = list(args)
+        page = "" if limit is None else f"LIMIT {arg(limit)} OFFSET {arg(offset)}"
+        s = self.schema
+        rows = await self.pool.fetch(
+            f"""WITH page AS (
+                    SELECT j.id, j.name, j.type, j.definition ->> 'description' AS description,
+                           j.definition -> 'tags' AS tags, j.group_name, j.priority,
+                           j.enabled, j.paused, coalesce(g.enabled, true) AS group_enabled,
+                           j.next_fire_at, j.version, {column} AS sort_value
+                    FROM {s}.jobs j
+                    LEFT JOIN {s}.job_groups g ON g.name = j.group_name
+                    {_LAST_RUN.format(schema=s) if key == "last_run_at" else ""}
+                    WHERE {filtered}
+                    ORDER BY {order}
+                    {page})
+                SELECT page.*, last.status AS last_status, last.scheduled_for AS last_run_at,
+                       act.dispatched, act.queued, act.running_hosts, act.oldest_version,
+                       (SELECT count(*) FROM {s}.jobs j
+                        LEFT JOIN {s}.job_groups g ON g.name = j.group_name
+                        WHERE {filtered}) AS total
+                FROM page
+                {_LAST_RUN.format(schema=s).replace("j.id", "page.id")}
+                {_ACTIVE_RUNS.format(schema=s)}
+                ORDER BY {order}""",
+            *args,
+        )
+        # An empty page (an offset past the end) still reports the total.
+        total = rows[0]["total"] if rows else await self._count_jobs(filtered, count_args)
+        return [_summary(r) for r in rows], total
+
+    async def _count_jobs(self, filtered: str, args: list[object]) -> int:
+        count: int = await self.pool.fetchval(
+            f"""SELECT count(*) FROM {self.schema}.jobs j
+                LEFT JOIN {self.schema}.job_groups g ON g.name = j.group_name
+                WHERE {filtered}""",
+            *args,
+        )
+        return count
+
+    async def job_created_at(self, name: str) -> datetime | None:
+        value: datetime | None = await self.pool.fetchval(
+            f"SELECT created_at FROM {self.schema}.jobs WHERE name = $1", name
+        )
+        return value
+
+    async def groups(self) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self.pool.fetch(
+            f"""SELECT g.name, g.enabled, count(j.id) AS jobs
+                FROM {self.schema}.job_groups g
+                LEFT JOIN {self.schema}.jobs j ON j.group_name = g.name
+                GROUP BY g.name, g.enabled ORDER BY g.name"""
+        )
+        return rows
+
+    async def group_enabled(self, name: str) -> bool | None:
+        """Whether a group is enabled; None if there is no such group."""
+        value: bool | None = await self.pool.fetchval(
+            f"SELECT enabled FROM {self.schema}.job_groups WHERE name = $1", name
+        )
+        return value
+
+    # Runs as the API shows them.
+
+    async def run(self, run_id: uuid.UUID) -> asyncpg.Record:
+        row: asyncpg.Record | None = await self.pool.fetchrow(
+            f"""SELECT {_RUN_COLUMNS} FROM {self.schema}.runs r
+                JOIN {self.schema}.jobs j ON j.id = r.job_id WHERE r.id = $1""",
+            run_id,
+        )
+        if row is None:
+            raise RunNotFound(run_id)
+        return row
+
+    async def run_at(self, job_id: uuid.UUID, scheduled_for: datetime) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await self.pool.fetchrow(
+            f"""SELECT {_RUN_COLUMNS} FROM {self.schema}.runs r
+                JOIN {self.schema}.jobs j ON j.id = r.job_id
+                WHERE r.job_id = $1 AND r.scheduled_for = $2""",
+            job_id,
+            scheduled_for,
+        )
+        return row
+
+    async def list_runs(
+        self,
+        *,
+        job_id: uuid.UUID | None = None,
+        statuses: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        count_up_to: int = 10_000,
+    ) -> tuple[list[asyncpg.Record], int, bool]:
+        """Runs newest first (by slot), the number matching, and whether that number is
+        exact: counting stops at ``count_up_to``, as counting millions of runs would
+        cost more than the page itself."""
+        conditions: list[str] = []
+        args: list[object] = []
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if job_id is not None:
+            conditions.append(f"r.job_id = {arg(job_id)}")
+        if statuses:
+            conditions.append(f"r.status = ANY({arg(list(statuses))}::text[])")
+        if since is not None:
+            conditions.append(f"r.scheduled_for >= {arg(since)}")
+        if until is not None:
+            conditions.append(f"r.scheduled_for < {arg(until)}")
+        filtered = " AND ".join(conditions) or "true"
+        count_args = list(args)
+        async with self.pool.acquire() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(
+                f"""SELECT {_RUN_COLUMNS} FROM {self.schema}.runs r
+                    JOIN {self.schema}.jobs j ON j.id = r.job_id
+                    WHERE {filtered}
+                    ORDER BY r.scheduled_for DESC, r.id
+                    LIMIT {arg(limit)} OFFSET {arg(offset)}""",
+                *args,
+            )
+            count_args.append(count_up_to + 1)
+            total: int = await conn.fetchval(
+                f"""SELECT count(*) FROM (SELECT 1 FROM {self.schema}.runs r WHERE {filtered}
+                    LIMIT ${len(count_args)}) matching""",
+                *count_args,
+            )
+        if total > count_up_to:
+            return rows, count_up_to, False
+        return rows, total, True
+
+    async def insert_manual_run(
+        self,
+        job_name: str,
+        run: NewRun,
+        message: OutboxRow | None,
+        params: dict[str, Any] | None,
+        audit: Audit,
+        conn: asyncpg.Connection | None = None,
+    ) -> bool:
+        """Insert a triggered run, its message and its audit row in one statement (one
+        round trip, atomic without a transaction). False if the run id or its slot
+        exists already; nothing is written then."""
+        db = conn if conn is not None else self.pool
+        inserted: int = await db.fetchval(
+            f"""WITH run AS (
+                    INSERT INTO {self.schema}.runs
+                        (id, job_id, scheduled_for, trigger, status, reason, fired_at,
+                         job_version, params, requested_by)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                    ON CONFLICT DO NOTHING RETURNING id),
+                message AS (
+                    INSERT INTO {self.schema}.outbox (subject, payload, headers, completes)
+                    SELECT $11::text, $12::bytea, $13::jsonb, $14::uuid FROM run
+                    WHERE $11::text IS NOT NULL),
+                audit AS (
+                    INSERT INTO {self.schema}.audit_log
+                        (at, actor, action, target_type, target, before, after)
+                    SELECT $7, $10, $15::text, 'job', $16::text, NULL, $17::jsonb FROM run)
+                SELECT count(*) FROM run""",
+            run.id,
+            run.job_id,
+            run.scheduled_for,
+            run.trigger,
+            run.status,
+            run.reason,
+            run.fired_at,
+            run.job_version,
+            params,
+            audit.actor,
+            message.subject if message else None,
+            message.payload if message else None,
+            message.headers if message else None,
+            message.completes if message else None,
+            audit.action,
+            job_name,
+            {"run_id": str(run.id), "status": run.status, "params": params},
+        )
+        return inserted == 1
+
+    async def request_cancel(
+        self,
+        run_id: uuid.UUID,
+        now: datetime,
+        message: Callable[[asyncpg.Record], OutboxRow],
+        audit: Audit,
+    ) -> asyncpg.Record:
+        """Ask a run to stop. A queued run, which no worker holds yet, is cancelled
+        at once; an active one is asked through ``message`` (RunCancelRequested)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"""SELECT r.id, r.job_id, r.status, j.name AS job_name
+                    FROM {self.schema}.runs r JOIN {self.schema}.jobs j ON j.id = r.job_id
+                    WHERE r.id = $1 FOR UPDATE OF r""",
+                run_id,
+            )
+            if row is None:
+                raise RunNotFound(run_id)
+            if row["status"] in TERMINAL:
+                raise RunEnded(run_id, row["status"])
+            await conn.execute(
+                f"""UPDATE {self.schema}.runs SET
+                        cancel_requested_at = coalesce(cancel_requested_at, $2),
+                        status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+                        reason = CASE WHEN status = 'queued' THEN 'cancelled' ELSE reason END,
+                        finished_at = CASE WHEN status = 'queued' THEN $2 ELSE finished_at END
+                    WHERE id = $1""",
+                run_id,
+                now,
+            )
+            await self.insert_outbox(conn, [message(row)])
+            after = await conn.fetchrow(
+                f"""SELECT {_RUN_COLUMNS} FROM {self.schema}.runs r
+                    JOIN {self.schema}.jobs j ON j.id = r.job_id WHERE r.id = $1""",
+                run_id,
+            )
+            assert after is not None
+            await self.write_audit(
+                conn,
+                audit,
+                "run",
+                str(run_id),
+                {"job": row["job_name"], "status": row["status"]},
+                {
+                    "job": row["job_name"],
+                    "status": after["status"],
+                    "cancel_requested_at": now.isoformat(),
+                },
+                at=now,
+            )
+        return after
+
+    # Backfills.
+
+    async def existing_slots(self, job_id: uuid.UUID, slots: Sequence[datetime]) -> set[datetime]:
+        rows = await self.pool.fetch(
+            f"""SELECT scheduled_for FROM {self.schema}.runs
+                WHERE job_id = $1 AND scheduled_for = ANY($2::timestamptz[])""",
+            job_id,
+            list(slots),
+        )
+        return {r["scheduled_for"] for r in rows}
+
+    async def create_backfill(
+        self,
+        backfill_id: uuid.UUID,
+        job: JobRecord,
+        range_from: datetime,
+        range_to: datetime,
+        rate_per_second: float,
+        slots: Sequence[datetime],
+        audit: Audit,
+        now: datetime,
+    ) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"""INSERT INTO {self.schema}.backfills
+                        (id, job_id, range_from, range_to, rate_per_second, slots,
+                         requested_by, created_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+                backfill_id,
+                job.id,
+                range_from,
+                range_to,
+                rate_per_second,
+                list(slots),
+                audit.actor,
+                now,
+            )
+            await self.write_audit(
+                conn,
+                audit,
+                "job",
+                job.name,
+                None,
+                {
+                    "backfill_id": str(backfill_id),
+                    "from": range_from.isoformat(),
+                    "to": range_to.isoformat(),
+                    "planned": len(slots),
+                    "rate_per_second": rate_per_second,
+                },
+                at=now,
+            )
+
+    async def backfill_step(
+        self,
+        backfill_id: uuid.UUID,
+        runs: Sequence[NewRun],
+        messages: dict[uuid.UUID, OutboxRow],
+        done: int,
+    ) -> int:
+        """Create some of a backfill's runs (a slot run meanwhile is left alone) and
+        record how far it got, in one transaction; returns how many were new."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await self.insert_runs(conn, runs)
+            await self.insert_outbox(
+                conn, [row for run_id, row in messages.items() if run_id in inserted]
+            )
+            await conn.execute(
+                f"UPDATE {self.schema}.backfills SET created = $2 WHERE id = $1",
+                backfill_id,
+                done,
+            )
+        return len(inserted)
+
+    async def finish_backfill(
+        self, backfill_id: uuid.UUID, status: str, now: datetime, error: str | None = None
+    ) -> None:
+        await self.pool.execute(
+            f"""UPDATE {self.schema}.backfills SET status = $2, finished_at = $3, error = $4
+                WHERE id = $1 AND status = 'running'""",
+            backfill_id,
+            status,
+            now,
+            error,
+        )
+
+    async def backfill(self, backfill_id: uuid.UUID) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await self.pool.fetchrow(
+            f"""SELECT b.id, j.name AS job, b.range_from, b.range_to, b.rate_per_second,
+                       cardinality(b.slots) AS planned, b.created, b.status, b.error,
+                       b.requested_by, b.created_at, b.finished_at
+                FROM {self.schema}.backfills b JOIN {self.schema}.jobs j ON j.id = b.job_id
+                WHERE b.id = $1""",
+            backfill_id,
+        )
+        return row
+
+    # The audit log.
+
+    async def audit_entries(
+        self,
+        *,
+        target_type: str | None = None,
+        target: str | None = None,
+        action: str | None = None,
+        actor: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[asyncpg.Record], int]:
+        """Audit rows newest first, and how many match."""
+        conditions: list[str] = []
+        args: list[object] = []
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        for column, value in (
+            ("target_type", target_type),
+            ("target", target),
+            ("action", action),
+            ("actor", actor),
+        ):
+            if value is not None:
+                conditions.append(f"{column} = {arg(value)}")
+        if since is not None:
+            conditions.append(f"at >= {arg(since)}")
+        if until is not None:
+            conditions.append(f"at < {arg(until)}")
+        filtered = " AND ".join(conditions) or "true"
+        count_args = list(args)
+        async with self.pool.acquire() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(
+                f"""SELECT id, at, actor, action, target_type, target, before, after
+                    FROM {self.schema}.audit_log WHERE {filtered}
+                    ORDER BY at DESC, id DESC LIMIT {arg(limit)} OFFSET {arg(offset)}""",
+                *args,
+            )
+            total: int = await conn.fetchval(
+                f"SELECT count(*) FROM {self.schema}.audit_log WHERE {filtered}", *count_args
+            )
+        return rows, total
+
+    async def last_audit(
+        self, target_type: str, target: str, actions: Sequence[str], at_or_before: datetime
+    ) -> asyncpg.Record | None:
+        """The latest audit row of ``actions`` on a target at or before a time."""
+        row: asyncpg.Record | None = await self.pool.fetchrow(
+            f"""SELECT id, at, actor, action, target_type, target, before, after
+                FROM {self.schema}.audit_log
+                WHERE target_type = $1 AND target = $2 AND action = ANY($3::text[])
+                  AND at <= $4
+                ORDER BY at DESC, id DESC LIMIT 1""",
+            target_type,
+            target,
+            list(actions),
+            at_or_before,
+        )
+        return row
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """What the Jobs Management list is narrowed to. Values only ever become query
+    parameters; the SQL around them is fixed text."""
+
+    type: str | None = None
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+    text: str | None = None  # a substring of the name or description, any case
+    # Coarse status pre-filters, so that SQL narrows what a status filter reads:
+    # runnable: enabled jobs in enabled groups (True) or the others (False);
+    # busy: jobs with queued or active runs (True) or without (False).
+    runnable: bool | None = None
+    busy: bool | None = None
+    names: tuple[str, ...] | None = None
+
+    def sql(self, schema: str = "scheduler") -> tuple[list[str], list[object]]:
+        conditions: list[str] = []
+        args: list[object] = []
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if self.type is not None:
+            conditions.append(f"j.type = {arg(self.type)}")
+        if self.group is not None:
+            conditions.append(f"j.group_name = {arg(self.group)}")
+        for tag in self.tags:
+            conditions.append(f"j.definition -> 'tags' @> jsonb_build_array({arg(tag)}::text)")
+        if self.text:
+            # strpos, not LIKE: the user's % and _ are plain characters.
+            conditions.append(
+                "strpos(lower(j.name || ' ' || coalesce(j.definition ->> 'description', '')), "
+                f"lower({arg(self.text)}::text)) > 0"
+            )
+        if self.runnable is not None:
+            runnable = "(j.enabled AND coalesce(g.enabled, true))"
+            conditions.append(runnable if self.runnable else f"NOT {runnable}")
+        if self.busy is not None:
+            busy = (
+                f"EXISTS (SELECT 1 FROM {schema}.runs r WHERE r.job_id = j.id "
+                "AND r.status IN ('queued', 'dispatched', 'running'))"
+            )
+            conditions.append(busy if self.busy else f"NOT {busy}")
+        if self.names is not None:
+            conditions.append(f"j.name = ANY({arg(list(self.names))}::text[])")
+        return conditions, args
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """One row of the Jobs Management table: the overview plus what it is filtered by."""
+
+    overview: JobOverview
+    group: str | None
+    tags: tuple[str, ...]
+    priority: int
+
+
+JOB_SORTS = ("name", "next_run_at", "last_run_at", "priority")
+_SORT_COLUMNS = {
+    "name": "j.name",
+    "priority": "j.priority",
+    "next_run_at": "CASE WHEN j.enabled AND NOT j.paused AND coalesce(g.enabled, true) "
+    "THEN j.next_fire_at END",
+    "last_run_at": "last.scheduled_for",
+}
+_LAST_RUN = """LEFT JOIN LATERAL (
+        SELECT status, scheduled_for FROM {schema}.runs
+        WHERE job_id = j.id AND status NOT IN ('queued', 'dispatched', 'running')
+        ORDER BY scheduled_for DESC LIMIT 1) last ON true"""
+_ACTIVE_RUNS = """LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE status = 'dispatched') AS dispatched,
+               count(*) FILTER (WHERE status = 'queued') AS queued,
+               coalesce(array_agg(host) FILTER (WHERE status = 'running'), '{{}}')
+                   AS running_hosts,
+               min(job_version) FILTER (WHERE status IN ('dispatched', 'running'))
+                   AS oldest_version
+        FROM {schema}.runs
+        WHERE job_id = page.id AND status IN ('queued', 'dispatched', 'running')) act ON true"""
+_RUN_COLUMNS = """r.id, r.job_id, j.name AS job_name, j.type AS job_type, r.scheduled_for,
+    r.trigger, r.status, r.reason, r.fired_at, r.started_at, r.finished_at, r.attempt,
+    r.job_version, r.host, r.result, r.error, r.progress, r.heartbeat_at, r.params,
+    r.requested_by, r.cancel_requested_at, r.created_at"""
+
+
+def _summary(r: asyncpg.Record) -> JobSummary:
+    runnable = r["enabled"] and not r["paused"] and r["group_enabled"]
+    return JobSummary(
+        overview=JobOverview(
+            name=r["name"],
+            type=r["type"],
+            description=r["description"] or "",
+            last_result=r["last_status"],
+            last_run_at=r["last_run_at"],
+            next_run_at=r["next_fire_at"] if runnable else None,
+            active_hosts=tuple(h for h in r["running_hosts"] if h),
+            facts=JobFacts(
+                enabled=r["enabled"],
+                group_enabled=r["group_enabled"],
+                paused=r["paused"],
+                dispatched=r["dispatched"],
+                running_hosts=tuple(r["running_hosts"]),
+                queued=r["queued"],
+                version=r["version"],
+                oldest_active_version=r["oldest_version"],
+            ),
+        ),
+        group=r["group_name"],
+        tags=tuple(r["tags"] or ()),
+        priority=r["priority"],
+    )

@@ -1,0 +1,126 @@
+"""Where the CLI finds the admin API and its token.
+
+The API URL: ``--api-url``, else ``JOBWIRE_API_URL``, else ``api_url`` in the
+config file, else http://127.0.0.1:8080. The token: ``JOBWIRE_TOKEN``, else
+``token`` in the config file. There is no ``--token`` option on purpose: a
+command line is visible to every user of the machine (``ps``) and stays in
+shell history. The config file is ``$JOBWIRE_CONFIG``, else
+``$XDG_CONFIG_HOME/jobwire/config.toml`` (``~/.config/jobwire/config.toml``).
+
+This is the only module of the API commands that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+_KEYS = ("api_url", "token")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    api_url: str
+    token: str | None = field(repr=False)
+    token_source: str | None  # where the token came from, for error messages
+    config_path: Path
+
+
+def config_path(environ: Mapping[str, str]) -> Path:
+    if environ.get("JOBWIRE_CONFIG"):
+        return Path(environ["JOBWIRE_CONFIG"]).expanduser()
+    base = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "jobwire" / "config.toml"
+
+
+def load_config(
+    api_url: str | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> ApiConfig:
+    env = os.environ if environ is None else environ
+    path = config_path(env)
+    values = _read_file(path, warn)
+    url = api_url or env.get("JOBWIRE_API_URL") or values.get("api_url") or DEFAULT_API_URL
+    token, source = None, None
+    if env.get("JOBWIRE_TOKEN"):
+        token, source = env["JOBWIRE_TOKEN"].strip(), "JOBWIRE_TOKEN"
+    elif values.get("token"):
+        token, source = values["token"].strip(), str(path)
+    return ApiConfig(_checked_url(url), token, source, path)
+
+
+def _read_file(path: Path, warn: Callable[[str], None]) -> dict[str, str]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    values: dict[str, str] = {}
+    for key, value in data.items():
+        if key not in _KEYS:
+            warn(f"{path}: unknown key {key!r} ignored (known: {', '.join(_KEYS)})")
+        elif not isinstance(value, str):
+            raise ConfigError(f"{path}: {key} must be a string")
+        else:
+            values[key] = value
+    if "token" in values:
+        _check_private(path, warn)
+    return values
+
+
+def _check_private(path: Path, warn: Callable[[str], None]) -> None:
+    # Writable by others matters as much as readable: whoever can change
+    # api_url can have the token sent to a server of theirs.
+    if os.name != "posix":
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        warn(
+            f"{path} holds a token and is open to other users (mode {mode:04o}); "
+            f"run: chmod 600 {path}"
+        )
+
+
+def _checked_url(url: str) -> str:
+    parts = urlsplit(url)
+    try:
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number
+        valid = False
+    if valid and (parts.username is not None or parts.password is not None):
+        # httpx would send them as Basic auth in place of the bearer token.
+        raise ConfigError(
+            f"API URL {shown_url(url)!r} must not carry a user or password: "
+            "the token is the credential"
+        )
+    if not valid:
+        raise ConfigError(
+            f"API URL {shown_url(url)!r} must be http(s)://host[:port], e.g. {DEFAULT_API_URL}"
+        )
+    return url.rstrip("/")
+
+
+def shown_url(url: str) -> str:
+    """``url`` without a user or password in it: URLs may carry credentials."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,74 @@
+"""`jobwire watch` on a terminal: a live table that Ctrl-C ends cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pty
+import signal
+import sys
+
+import pytest
+from cli_harness import ApiServer, Jobwire, create_job, hello_job
+
+from jobwire.testing import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+async def test_watch_shows_the_live_table_and_ctrl_c_exits_cleanly(
+    jobwire: Jobwire, api_server: ApiServer
+) -> None:
+    await create_job(api_server, hello_job("watched"))
+    primary, secondary = pty.openpty()
+    env = {
+        **os.environ,
+        "JOBWIRE_API_URL": api_server.url,
+        "JOBWIRE_TOKEN": api_server.tokens["viewer"],
+        "JOBWIRE_CONFIG": str(jobwire.config),
+        "COLUMNS": "200",
+        "LINES": "50",
+        "TERM": "xterm",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobwire.cli",
+        "watch",
+        "--interval",
+        "0.2",
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env=env,
+    )
+    os.close(secondary)
+    seen = bytearray()
+
+    def read() -> None:
+        with contextlib.suppress(OSError):  # the process has closed the terminal
+            seen.extend(os.read(primary, 65536))
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(primary, read)
+    try:
+        await wait_for(lambda: b"watched" in seen, timeout=20, description="the table")
+        assert b"Next Run Time" in seen
+        assert b"Ctrl-C to stop" in seen
+        # A refresh happens, not just one frame: the clock in the footer moves on.
+        frames = seen.count(b"Ctrl-C to stop")
+        await wait_for(lambda: seen.count(b"Ctrl-C to stop") > frames, timeout=10)
+
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), timeout=10)
+    finally:
+        loop.remove_reader(primary)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        read()
+        os.close(primary)
+    assert code == 0, seen.decode(errors="replace")
+    assert b"Traceback" not in seen
+    assert b"KeyboardInterrupt" not in seen
