@@ -43,12 +43,14 @@ class Firer:
         batch: int,
         max_idle_seconds: float,
         on_outbox: Callable[[], None] = lambda: None,
+        relay_caught_up: asyncio.Event | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.batch = batch
         self.max_idle = max_idle_seconds
         self.on_outbox = on_outbox  # wakes this replica's relay at once
+        self.relay_caught_up = relay_caught_up  # backpressure from the relay
         self._changed = asyncio.Event()
 
     async def fire_due(self, now: datetime) -> int:
@@ -140,6 +142,9 @@ class Firer:
         failures = 0
         while not stop.is_set():
             self._changed.clear()
+            if self.relay_caught_up is not None and not self.relay_caught_up.is_set():
+                await wait_any(1.0, self.relay_caught_up, stop)
+                continue
             try:
                 with tracer.start_as_current_span("scheduler.claim") as span:
                     claimed = await self.fire_due(utcnow())

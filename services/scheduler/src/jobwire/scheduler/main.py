@@ -58,6 +58,7 @@ class Scheduler:
             batch=options.claim_batch,
             max_idle_seconds=options.max_idle_seconds,
             on_outbox=self.relay.wake.set,
+            relay_caught_up=self.relay.caught_up,
         )
         self.recorder = RunRecorder(
             self.store, ctx.broker, self.dispatcher, on_outbox=self.relay.wake.set

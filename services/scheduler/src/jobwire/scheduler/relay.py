@@ -30,6 +30,11 @@ class OutboxRelay:
         self.batch = batch
         self.poll_seconds = poll_seconds
         self.wake = asyncio.Event()
+        # Set while the outbox holds less than a batch: the firing loop waits
+        # on it, so that under overload due jobs wait in the jobs table (cheap,
+        # bounded) rather than as an ever-growing outbox starving this relay.
+        self.caught_up = asyncio.Event()
+        self.caught_up.set()
 
     async def relay_once(self) -> tuple[int, int]:
         """Publish one batch; returns (rows seen, rows published)."""
@@ -71,6 +76,10 @@ class OutboxRelay:
                 log.warning("relay.failed", error=str(exc), failures=failures)
             else:
                 failures = 0 if published == seen else failures + 1
+            if seen < self.batch or failures:
+                self.caught_up.set()  # a broker outage must not stop decisions
+            else:
+                self.caught_up.clear()
             if stop.is_set() and (seen == 0 or failures):
                 return  # flushed what could be flushed; the rest waits for any replica
             if failures:
