@@ -52,7 +52,7 @@ bench-api: install ## admin API benchmark (list p99, sustained trigger rate) →
 	$(RUN) python bench/api.py --out bench/results/api.json
 
 .PHONY: bench
-bench: install bench-scheduler ## kit publish + scheduler benchmarks → bench/results/
+bench: install bench-scheduler bench-api ## every benchmark → bench/results/*.json
 	$(RUN) python bench/kit_publish.py --out bench/results/kit.json
 
 # The bench group goes into an environment of its own (git-ignored): `make install`

@@ -185,36 +185,8 @@ class Env:
                 await admin.close()
 
 
-# What-if: the service kit's HTTP listener with TCP_NODELAY (see NODELAY_NOTE).
-_NODELAY_SERVICE = """
-import socket, sys
-import jobwire.runtime.health as health
-_create = socket.create_server
-def create_server(*args, **kwargs):
-    listener = _create(*args, **kwargs)
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
-    return listener
-health.socket.create_server = create_server
-from jobwire.cli.main import app
-sys.argv = ["jobwire", "scheduler"]
-app()
-"""
-NODELAY_NOTE = (
-    "The kit's HttpServer (libs/runtime/src/jobwire/runtime/health.py) binds its listener "
-    "with socket.create_server, whose sockets have proto 0; asyncio sets TCP_NODELAY only on "
-    "sockets whose proto is IPPROTO_TCP, so accepted connections keep Nagle's algorithm on. "
-    "uvicorn writes a response's head and body separately; Nagle holds the body until the "
-    "client ACKs the head, which the client delays (delayed ACK, ~40 ms on Linux). Every "
-    "response of the kit's server therefore takes >= ~44 ms, whatever the handler costs. "
-    "The 'nodelay' runs set TCP_NODELAY on the listener (inherited by accepted sockets) in "
-    "the service process, the one-line fix the kit needs; nothing else differs."
-)
-
-
 @contextlib.asynccontextmanager
-async def service(
-    env: Env, dsn: str, namespace: str, nodelay: bool = False
-) -> AsyncIterator[tuple[str, int]]:
+async def service(env: Env, dsn: str, namespace: str) -> AsyncIterator[tuple[str, int]]:
     """The scheduler service in its own process; yields (base URL, pid)."""
     port = free_port()
     child_env = {
@@ -229,7 +201,7 @@ async def service(
         "JOBWIRE_LOG_FORMAT": "json",
     }
     log = (env.tmp / "service.log").open("wb")
-    command = ["-c", _NODELAY_SERVICE] if nodelay else ["-m", "jobwire.cli", "scheduler"]
+    command = ["-m", "jobwire.cli", "scheduler"]
     process = await asyncio.create_subprocess_exec(
         sys.executable, *command, env=child_env, stdout=log, stderr=log
     )
@@ -571,20 +543,11 @@ def summarize_profile(process: subprocess.Popen[bytes], out: Path) -> dict[str, 
     }
 
 
-CONFIGS = {"as_shipped": False, "with_tcp_nodelay": True}
-
-
 async def run(env: Env, args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    for name in args.configs.split(","):
-        print(f"[{name}]")
-        results[name] = await run_config(env, args, nodelay=CONFIGS[name])
-    if "with_tcp_nodelay" in results:
-        results["tcp_nodelay_note"] = NODELAY_NOTE
-    return results
+    return await run_config(env, args)
 
 
-async def run_config(env: Env, args: argparse.Namespace, nodelay: bool) -> dict[str, Any]:
+async def run_config(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     """Both scenarios on a fresh database, namespace and service process."""
     async with env.database() as dsn:
         pool = await connect_pool(dsn, max_size=4)
@@ -599,7 +562,7 @@ async def run_config(env: Env, args: argparse.Namespace, nodelay: bool) -> dict[
             await ensure_schema(pool)
             await insert_jobs(pool, args.jobs, datetime.now(UTC))
             token = await create_token(pool, "bench", "admin")
-            async with service(env, dsn, namespace, nodelay) as (base, pid):
+            async with service(env, dsn, namespace) as (base, pid):
                 listed = await list_scenario(base, token, args)
                 print(f"  list_10k: p99 {listed['first_page']['p99_ms']} ms")
                 triggered = {}
@@ -636,12 +599,6 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--profile", action="store_true", help="py-spy the service (triggers)")
-    parser.add_argument(
-        "--configs",
-        default=",".join(CONFIGS),
-        help="as_shipped (the service as it ships) and/or with_tcp_nodelay (the kit's HTTP "
-        "listener with TCP_NODELAY: what-if)",
-    )
     parser.add_argument("--database-url", default=os.environ.get("JOBWIRE_BENCH_DATABASE_URL"))
     parser.add_argument("--nats-url", default=os.environ.get("JOBWIRE_BENCH_NATS_URL"))
     args = parser.parse_args()

@@ -151,7 +151,6 @@ def _run(data: Path, services: dict[str, ServiceSpec], examples: list[str]) -> i
         for script in examples:
             stack.enter_context(_example(script, nats_url, base.namespace))
             typer.echo(f"  example     {script}")
-        typer.echo("Ctrl-C stops everything.")
 
         setup_logging(base.log_level, base.log_format, service="dev")
         setup_telemetry("jobwire-dev", VERSION, f"dev-{os.getpid()}", base.host)
@@ -160,6 +159,8 @@ def _run(data: Path, services: dict[str, ServiceSpec], examples: list[str]) -> i
         async def main() -> None:
             stop = asyncio.Event()
             install_signal_handlers(stop)
+            # Said only once it is true: from here a Ctrl-C stops in order.
+            typer.echo("Ctrl-C stops everything.")
             if configured:
                 await run_services(configured, stop)
             else:
