@@ -64,4 +64,4 @@ bench-scheduler: install ## scheduler benchmark (burst vs APScheduler 4, sustain
 		python bench/scheduler.py --out bench/results/scheduler.json
 
 .PHONY: check
-check: lint typecheck contracts-check openapi-check test ## what CI runs
+check: lint typecheck contracts-check openapi-check test ## the checks CI runs (it also runs the tests on servers the harness starts)

@@ -47,7 +47,7 @@ from jobwire.runtime.broker import Broker
 from jobwire.runtime.db import connect_pool
 from jobwire.runtime.health import Readiness
 from jobwire.runtime.logs import setup_logging
-from jobwire.runtime.service import ServiceContext
+from jobwire.runtime.service import ServiceContext, tune_garbage_collector
 from jobwire.runtime.telemetry import setup_telemetry
 from jobwire.scheduler.main import Scheduler
 from jobwire.scheduler.settings import SchedulerSettings
@@ -207,10 +207,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         from jobwire.scheduler.adapters import store
 
         store._DEFINITIONS_CACHED = 1  # type: ignore[attr-defined]  # ≈ parse on every claim
-    if os.environ.get("JOBWIRE_BENCH_GC_FREEZE"):  # experiment only: not how the service runs
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(100_000, 50, 100)
+    tune_garbage_collector()  # as `serve()` does for the service
     gc_clock = GcClock()
     print("ready", flush=True)
     started = time.time()

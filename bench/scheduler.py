@@ -41,10 +41,10 @@ The stream's own message count is read as an independent cross-check.
    relay). The worker also times the cyclic garbage collector (``gc.callbacks``).
    Then (not in the window) 10 s of py-spy on the scheduler process under the
    same load (``--profile 0`` skips it), and ``what_if``: the scenario again with
-   a 5 s warm-up, a 20 s window and changes the scheduler does not ship -
-   ``gc-freeze`` (raised GC thresholds + ``gc.freeze()``) and ``claim-index`` (an
-   index matching the claim's ORDER BY) - to show what would lift it
-   (``--what-if-window 0`` skips them).
+   a 5 s warm-up, a 20 s window and a change the scheduler does not ship -
+   ``no-definition-cache`` (parse every claimed definition again) - to show what
+   the cache is worth (``--what-if-window 0`` skips it). Two earlier what-ifs now
+   ship: the collector tuning of the service kit and the claim-order index.
 3. ``replicas_3`` — 3 scheduler processes (own pool, own NATS connection) over
    20,000 one-shot jobs due evenly over 10 s. Checks: every job has exactly one
    run in the database and exactly one StartWorkflow in the stream; duplicates
@@ -299,10 +299,6 @@ class Env:
 
 
 EXPERIMENTS = {
-    "claim-index": "adds an index on jobs (priority DESC, next_fire_at) matching the claim's "
-    "ORDER BY (not in the shipped migrations)",
-    "gc-freeze": "scheduler processes run gc.freeze() after start-up and "
-    "gc.set_threshold(100_000, 50, 100) (not how the service runs)",
     "no-definition-cache": "the store's per-process JobDefinition cache is held to one "
     "entry, so each claim parses definitions again (as before that cache existed)",
 }
@@ -312,11 +308,6 @@ async def scheduler_pool(env: Env, dsn: str) -> asyncpg.Pool:
     pool = await connect_pool(dsn, max_size=4)
     assert spec.migrations is not None
     await migrate(pool, "scheduler", load_migrations(spec.migrations))
-    if "claim-index" in env.experiments:
-        await pool.execute(
-            "CREATE INDEX jobs_claim ON scheduler.jobs (priority DESC, next_fire_at) "
-            "WHERE next_fire_at IS NOT NULL AND enabled AND NOT paused"
-        )
     return pool
 
 
@@ -435,8 +426,6 @@ async def start_worker(
     if keep_ids:
         command.append("--keep-ids")
     child_env = dict(os.environ)
-    if "gc-freeze" in env.experiments:
-        child_env["JOBWIRE_BENCH_GC_FREEZE"] = "1"
     if "no-definition-cache" in env.experiments:
         child_env["JOBWIRE_BENCH_NO_DEFINITION_CACHE"] = "1"
     process = await asyncio.create_subprocess_exec(
@@ -1064,7 +1053,7 @@ async def run_scenarios(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-WHAT_IF = (("gc-freeze",), ("claim-index", "gc-freeze"))
+WHAT_IF = (("no-definition-cache",),)
 WHAT_IF_KEYS = (
     "fires_per_s",
     "stream_stored_per_s",
@@ -1088,8 +1077,7 @@ async def what_if(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     try:
         for variant in WHAT_IF:
             env.experiments = frozenset(variant)
-            # A profile without the collector's pauses shows the remaining costs.
-            profile = args.profile if variant == ("gc-freeze",) else 0.0
+            profile = 0.0
             warmup = min(args.warmup, 5.0)
             r = await sustained(env, args.sustained_jobs, warmup, args.what_if_window, profile)
             name = "+".join(variant)

@@ -222,3 +222,19 @@ async def test_the_overview_shows_last_result_next_run_and_status(make_scheduler
     [row] = await h.store.overview(["shown"])
     assert job_status(row.facts, frozenset()) == JobStatus.DISABLED
     assert row.next_run_at is None
+
+
+async def test_an_unpublishable_message_fails_its_run_and_blocks_nothing(make_scheduler) -> None:  # type: ignore[no-untyped-def]
+    h = await make_scheduler()
+    huge = {"workflow": "tick", "input": {"blob": "x" * 1_100_000}}  # over NATS max_payload
+    await h.store.create(parse_definition(every_second("huge", params=huge)), now=T0)
+    await h.store.create(parse_definition(every_second("small")), now=T0)
+    await h.scheduler.firer.fire_due(T0 + timedelta(seconds=1))
+    assert await h.scheduler.relay.relay_once() == (2, 2)
+    assert await outbox(h) == []
+    [big] = await runs_of(h, "huge")
+    assert big["status"] == "failed"
+    assert big["error"]["type"] == "unpublishable"
+    assert "MaxPayload" in big["error"]["message"]
+    [small] = await runs_of(h, "small")
+    assert small["status"] == "succeeded"

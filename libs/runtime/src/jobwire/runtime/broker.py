@@ -154,7 +154,6 @@ class Broker:
         self._shown = ""
         self._attempts = 0
         self._closing = False
-        self._inflight: set[asyncio.Future[PubAck]] = set()
         self._js: JetStreamContext | None = None
 
     @property
@@ -351,46 +350,48 @@ class Broker:
             # the caller keeps the messages and retries.
             error = ConnectionError("NATS is not connected")
             return [error] * len(items)
-        futures: list[asyncio.Future[PubAck]] = []
-        failure: BaseException | None = None
+        outcomes: list[asyncio.Future[PubAck] | BaseException] = []
         for item in items:
             try:
                 future = await self.js.publish_async(
                     item.subject, item.payload, headers=item.headers
                 )
-            except Exception as exc:  # lost the connection mid-batch
-                failure = exc
-                self._release_orphans()
-                break
-            futures.append(future)
-            self._inflight.add(future)
-            future.add_done_callback(self._inflight.discard)
+            except Exception as exc:
+                self._release_orphan(outcomes)
+                if not self.nc.is_connected:  # lost the connection mid-batch
+                    outcomes += [exc] * (len(items) - len(outcomes))
+                    break
+                outcomes.append(exc)  # this message only, e.g. over max_payload
+                continue
+            outcomes.append(future)
+        futures = [o for o in outcomes if isinstance(o, asyncio.Future)]
         if futures:
             await asyncio.wait(futures, timeout=timeout)
         results: list[PubAck | BaseException] = []
-        for future in futures:
-            if not future.done():
-                future.cancel()
+        for outcome in outcomes:
+            if not isinstance(outcome, asyncio.Future):
+                results.append(outcome)
+            elif not outcome.done():
+                outcome.cancel()
                 results.append(TimeoutError("no ack from JetStream in time"))
-            elif future.exception() is not None:
-                results.append(future.exception())  # type: ignore[arg-type]
+            elif outcome.exception() is not None:
+                results.append(outcome.exception())  # type: ignore[arg-type]
             else:
-                results.append(future.result())
-        assert failure is not None or len(results) == len(items)
-        results += [failure] * (len(items) - len(results))  # type: ignore[list-item]
+                results.append(outcome.result())
         return results
 
-    def _release_orphans(self) -> None:
+    def _release_orphan(self, ours: list[asyncio.Future[PubAck] | BaseException]) -> None:
         """Cancel the ack future of a publish_async that raised after taking a slot.
 
         nats-py registers the future before writing the message; when the write
         raises, nobody holds that future and its slot of the pending-publish
-        limit would stay taken forever. Cancelling it releases the slot.
+        limit would stay taken forever. It is the newest one registered.
         """
         pending = getattr(self.js, "_publish_async_futures", {})
-        for future in list(pending.values()):
-            if future not in self._inflight and not future.done():
-                future.cancel()
+        if pending:
+            newest = next(reversed(pending.values()))
+            if not newest.done() and not any(newest is o for o in ours):
+                newest.cancel()
 
     async def dead_letter(
         self, source: str, msg: Msg, reason: str, detail: str, *, attempts: int = 1
@@ -540,6 +541,23 @@ class Broker:
                 await psub.unsubscribe()
 
     async def _deliver(
+        self,
+        msg: Msg,
+        model: type[C],
+        handler: Callable[[Delivery[C]], Awaitable[Any]],
+        ack: AckPolicy,
+        source: str,
+    ) -> None:
+        try:
+            await self._process(msg, model, handler, ack, source)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Settling failed (NATS flaky): the message is not acked, so it comes
+            # back after its ack wait. The consume loop must go on either way.
+            log.warning("consume.settle_failed", subject=msg.subject, error=str(exc))
+
+    async def _process(
         self,
         msg: Msg,
         model: type[C],

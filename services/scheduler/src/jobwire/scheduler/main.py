@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 from starlette.routing import BaseRoute, Mount
 
 from jobwire.contracts.envelope import utcnow
+from jobwire.runtime.db import DATABASE_ERRORS
 from jobwire.runtime.logs import get_logger
 from jobwire.runtime.service import ServiceContext, ServiceSpec
+from jobwire.runtime.waits import wait_any
 from jobwire.scheduler.adapters.store import JobExists, PostgresJobStore
 from jobwire.scheduler.dispatch import Dispatcher
 from jobwire.scheduler.domain.definitions import parse_definition
@@ -100,18 +102,22 @@ async def main(ctx: ServiceContext) -> None:
     try:
         await scheduler.run()
     finally:
+        ctx.stopping.set()  # a crashed loop must not leave backfills running on
         if api is not None:
             await api.backfills.wait_stopped()
 
 
 async def _retention(store: PostgresJobStore, days: float, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        deleted = await store.delete_history(utcnow() - timedelta(days=days))
+        try:
+            deleted = await store.delete_history(utcnow() - timedelta(days=days))
+        except DATABASE_ERRORS as exc:  # pruning can wait for the next round
+            log.warning("scheduler.history_prune_failed", error=str(exc))
+            deleted = 0
         if deleted:
             log.info("scheduler.history_pruned", runs=deleted)
         if deleted < 10_000:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=3600)
+            await wait_any(3600, stop)
 
 
 spec = ServiceSpec(

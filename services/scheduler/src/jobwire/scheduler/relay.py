@@ -10,15 +10,30 @@ A broker outage leaves the rows in place; they go out when NATS is back.
 from __future__ import annotations
 
 import asyncio
+import uuid
+
+import nats.errors
 
 from jobwire.contracts.envelope import utcnow
-from jobwire.runtime.broker import Broker, Encoded
+from jobwire.runtime.broker import MSG_ID_HEADER, Broker, Encoded
 from jobwire.runtime.db import DATABASE_ERRORS
 from jobwire.runtime.logs import get_logger
 from jobwire.runtime.waits import Stopped, backoff_wait, wait_any
 from jobwire.scheduler.adapters.store import PostgresJobStore
 
 log = get_logger("jobwire.scheduler.relay")
+
+
+# Errors no retry can cure (the message itself is wrong, e.g. over max_payload).
+NEVER_PUBLISHABLE: tuple[type[BaseException], ...] = (nats.errors.MaxPayloadError,)
+
+
+def _run_id(headers: dict[str, str]) -> uuid.UUID | None:
+    """The run a message belongs to: its msg id is the run id, or starts with it."""
+    try:
+        return uuid.UUID(headers.get(MSG_ID_HEADER, "").split(":")[0])
+    except ValueError:
+        return None
 
 
 class OutboxRelay:
@@ -47,7 +62,16 @@ class OutboxRelay:
             )
             published, completed = [], []
             errors = []
+            unpublishable: list[tuple[uuid.UUID, str]] = []
             for row, result in zip(rows, results, strict=True):
+                if isinstance(result, NEVER_PUBLISHABLE):
+                    # Retrying cannot help and would block the rows behind it:
+                    # drop the message and fail its run, with the reason.
+                    published.append(row["id"])
+                    run_id = _run_id(row["headers"])
+                    if run_id is not None:
+                        unpublishable.append((run_id, f"{type(result).__name__}: {result}"))
+                    continue
                 if isinstance(result, BaseException):
                     errors.append(result)
                     continue
@@ -55,6 +79,9 @@ class OutboxRelay:
                 if row["completes"] is not None:
                     completed.append(row["completes"])
             await self.store.settle_outbox(conn, published, completed, utcnow())
+            if unpublishable:
+                await self.store.fail_runs(conn, unpublishable, utcnow())
+                log.error("relay.unpublishable", runs=[str(r) for r, _ in unpublishable])
         if errors:
             log.warning(
                 "relay.publish_failed",

@@ -57,6 +57,13 @@ class RunRecorder:
         outbox: list[OutboxRow] = []
         context = PublishContext.current()
         async with self.store.pool.acquire() as conn, conn.transaction():
+            # Lock the job before its runs, in the claim's order: a claim deciding
+            # "queue" concurrently then either sees this run finished or is seen
+            # by the queue release below — never neither.
+            job_id = await self.store.job_of_run(conn, uuid.UUID(event.run_id))
+            if job_id is None:
+                return  # pruned, or the job was deleted
+            await self.store.get_for_update(conn, job_id)
             row = await self.store.run_finished(
                 conn,
                 uuid.UUID(event.run_id),
@@ -81,7 +88,8 @@ class RunRecorder:
                             job, queued["id"], queued["scheduled_for"], now, context
                         )
                     )
-            for job in await self.store.chained_jobs(conn, job_name):
+            chained: dict[uuid.UUID, OutboxRow] = {}
+            for job in await self.store.chained_jobs(conn, job_name, now):
                 wanted = {a.on for a in job.definition.after if a.job == job_name}
                 if not (wanted & {"finished", event.status}):
                     continue
@@ -92,17 +100,20 @@ class RunRecorder:
                 decision = admit(job.definition.overlap, active, queued_count, 1)[0]
                 if decision == "dispatch":
                     status, reason = "dispatched", None
-                    outbox.append(
-                        self.dispatcher.fire(job, run_id, event.finished_at, now, context)
-                    )
+                    chained[run_id] = self.dispatcher.fire(job, run_id, slot, now, context)
                 elif decision == "queue":
                     status, reason = "queued", None
                 else:
                     status, reason = "skipped", str(decision)
-                    outbox.append(self.dispatcher.skip(job, run_id, slot, decision, now, context))
-                await self.store.insert_runs(
+                    chained[run_id] = self.dispatcher.skip(
+                        job, run_id, slot, decision, now, context
+                    )
+                inserted = await self.store.insert_runs(
                     conn, [NewRun(run_id, job.id, slot, "chain", status, reason, now, job.version)]
                 )
+                if run_id not in inserted:  # that slot has a run already
+                    chained.pop(run_id, None)
+            outbox += chained.values()
             await self.store.insert_outbox(conn, outbox)
         if outbox:
             self.on_outbox()

@@ -13,9 +13,13 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 
+from jobwire.runtime.logs import get_logger
 from jobwire.scheduler.domain.definitions import JobDefinition
 from jobwire.scheduler.domain.status import JobFacts
+
+log = get_logger("jobwire.scheduler.store")
 
 NOTIFY_CHANNEL = "jobwire_scheduler_jobs"
 ACTIVE = ("queued", "dispatched", "running")
@@ -261,7 +265,11 @@ class PostgresJobStore:
             runnable = (value if column == "enabled" else record.enabled) and not (
                 value if column == "paused" else record.paused
             )
-            next_fire = record.definition.first_fire(now) if runnable else record.next_fire_at
+            was_runnable = record.enabled and not record.paused
+            # Only a job that starts running again is scheduled from now; one
+            # already running keeps its pending slot (nothing silently dropped).
+            restarts = runnable and not was_runnable
+            next_fire = record.definition.first_fire(now) if restarts else record.next_fire_at
             row = await conn.fetchrow(
                 f"""UPDATE {self.schema}.jobs SET {column} = $2, next_fire_at = $3,
                         updated_at = now()
@@ -293,7 +301,7 @@ class PostgresJobStore:
                 group,
                 enabled,
             )
-            if enabled:
+            if enabled and before is False:  # re-enabled, not merely confirmed
                 rows = await conn.fetch(
                     f"SELECT {_JOB_COLUMNS} FROM {self.schema}.jobs "
                     "WHERE group_name = $1 FOR UPDATE",
@@ -328,6 +336,12 @@ class PostgresJobStore:
         if row is None:
             raise JobNotFound(name)
         return _record(row)
+
+    async def job_of_run(self, conn: asyncpg.Connection, run_id: uuid.UUID) -> uuid.UUID | None:
+        job_id: uuid.UUID | None = await conn.fetchval(
+            f"SELECT job_id FROM {self.schema}.runs WHERE id = $1", run_id
+        )
+        return job_id
 
     async def get_for_update(self, conn: asyncpg.Connection, job_id: uuid.UUID) -> JobRecord:
         row = await conn.fetchrow(
@@ -413,10 +427,18 @@ class PostgresJobStore:
     async def next_due(self) -> datetime | None:
         """The earliest slot any runnable job waits for: the firing loop sleeps until then."""
         value: datetime | None = await self.pool.fetchval(
-            f"""SELECT min(next_fire_at) FROM {self.schema}.jobs
-                WHERE next_fire_at IS NOT NULL AND enabled AND NOT paused"""
+            f"""SELECT min(next_fire_at) FROM {self.schema}.jobs j
+                WHERE next_fire_at IS NOT NULL AND enabled AND NOT paused
+                  AND {self._group_enabled}"""
         )
         return value
+
+    @property
+    def _group_enabled(self) -> str:
+        """SQL condition: the job ``j`` is in no group, or in an enabled one."""
+        return f"""(j.group_name IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM {self.schema}.job_groups g
+                        WHERE g.name = j.group_name AND NOT g.enabled))"""
 
     # -- claiming (inside the caller's transaction) -----------------------------
 
@@ -427,16 +449,24 @@ class PostgresJobStore:
         rows = await conn.fetch(
             f"""SELECT {_JOB_COLUMNS} FROM {self.schema}.jobs j
                 WHERE j.next_fire_at <= $1 AND j.enabled AND NOT j.paused
-                  AND (j.group_name IS NULL OR NOT EXISTS (
-                        SELECT 1 FROM {self.schema}.job_groups g
-                        WHERE g.name = j.group_name AND NOT g.enabled))
+                  AND {self._group_enabled}
                 ORDER BY j.priority DESC, j.next_fire_at
                 LIMIT $2
                 FOR UPDATE OF j SKIP LOCKED""",
             now,
             limit,
         )
-        return [_record(r) for r in rows]
+        records, broken = [], []
+        for row in rows:
+            try:
+                records.append(_record(row))
+            except ValidationError as exc:
+                # A stored definition the current code refuses (say, after an
+                # upgrade tightened a rule): park that job, keep firing the rest.
+                log.error("scheduler.definition_invalid", job=row["name"], error=str(exc))
+                broken.append((row["id"], None))
+        await self.set_next_fire(conn, broken)
+        return records
 
     async def active_counts(
         self, conn: asyncpg.Connection, job_ids: Sequence[uuid.UUID]
@@ -532,6 +562,21 @@ class PostgresJobStore:
                 now,
             )
 
+    async def fail_runs(
+        self, conn: asyncpg.Connection, failures: Sequence[tuple[uuid.UUID, str]], now: datetime
+    ) -> None:
+        """Record runs that could not even be dispatched, with why."""
+        await conn.execute(
+            f"""UPDATE {self.schema}.runs r
+                SET status = 'failed', finished_at = $3,
+                    error = jsonb_build_object('type', 'unpublishable', 'message', f.message)
+                FROM unnest($1::uuid[], $2::text[]) AS f(id, message)
+                WHERE r.id = f.id AND r.status IN ('queued', 'dispatched', 'running')""",
+            [f[0] for f in failures],
+            [f[1] for f in failures],
+            now,
+        )
+
     # -- run events ----------------------------------------------------------------
 
     async def run_started(
@@ -600,17 +645,25 @@ class PostgresJobStore:
             fired_at,
         )
 
-    async def chained_jobs(self, conn: asyncpg.Connection, upstream: str) -> list[JobRecord]:
-        """Enabled jobs chained after ``upstream``, locked for the chain fire."""
+    async def chained_jobs(
+        self, conn: asyncpg.Connection, upstream: str, now: datetime
+    ) -> list[JobRecord]:
+        """Runnable jobs chained after ``upstream`` (enabled, unpaused, group enabled,
+        inside their start/expiry window), locked for the chain fire."""
         rows = await conn.fetch(
-            f"""SELECT {_JOB_COLUMNS} FROM {self.schema}.jobs
-                WHERE enabled AND NOT paused
+            f"""SELECT {_JOB_COLUMNS} FROM {self.schema}.jobs j
+                WHERE enabled AND NOT paused AND {self._group_enabled}
                   AND definition -> 'after'
                       @> jsonb_build_array(jsonb_build_object('job', $1::text))
                 FOR UPDATE""",
             upstream,
         )
-        return [_record(r) for r in rows]
+        return [
+            record
+            for record in map(_record, rows)
+            if (record.definition.start_at is None or record.definition.start_at <= now)
+            and (record.definition.expires_at is None or now < record.definition.expires_at)
+        ]
 
     async def delete_history(self, before: datetime, limit: int = 10_000) -> int:
         result = await self.pool.execute(

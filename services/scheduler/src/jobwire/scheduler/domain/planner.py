@@ -97,7 +97,8 @@ def admit(policy: OverlapPolicy, active: int, queued: int, fires: int) -> list[A
     limit = 1 if policy.policy == "skip" else policy.max_parallel
     decisions: list[Admission] = []
     for _ in range(fires):
-        if active < limit:
+        # A waiting queue goes first: a new run may not overtake queued ones.
+        if active < limit and (policy.policy != "queue" or queued == 0):
             active += 1
             decisions.append("dispatch")
         elif policy.policy == "queue" and queued < policy.max_queued:
