@@ -19,8 +19,8 @@ run: install ## start the whole system locally (embedded NATS + PostgreSQL); Ctr
 	$(RUN) jobwire dev --example examples/workflow_printer.py
 
 .PHONY: test
-test: install ## run the whole test suite (unit + integration on real servers)
-	$(RUN) pytest
+test: install ## run the whole test suite (unit + integration on real servers); PYTEST_ARGS narrows it
+	$(RUN) pytest $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: install ## ruff lint and format check

@@ -401,28 +401,7 @@ class PostgresJobStore:
                 ORDER BY j.name""",
             list(names) if names is not None else None,
         )
-        return [
-            JobOverview(
-                name=r["name"],
-                type=r["type"],
-                description=r["description"] or "",
-                last_result=r["last_status"],
-                last_run_at=r["last_run_at"],
-                next_run_at=r["next_fire_at"] if r["enabled"] and not r["paused"] else None,
-                active_hosts=tuple(h for h in r["running_hosts"] if h),
-                facts=JobFacts(
-                    enabled=r["enabled"],
-                    group_enabled=r["group_enabled"],
-                    paused=r["paused"],
-                    dispatched=r["dispatched"],
-                    running_hosts=tuple(r["running_hosts"]),
-                    queued=r["queued"],
-                    version=r["version"],
-                    oldest_active_version=r["oldest_version"],
-                ),
-            )
-            for r in rows
-        ]
+        return [_overview(r) for r in rows]
 
     async def next_due(self) -> datetime | None:
         """The earliest slot any runnable job waits for: the firing loop sleeps until then."""
@@ -1206,28 +1185,33 @@ _RUN_COLUMNS = """r.id, r.job_id, j.name AS job_name, j.type AS job_type, r.sche
     r.requested_by, r.cancel_requested_at, r.created_at"""
 
 
-def _summary(r: asyncpg.Record) -> JobSummary:
+def _overview(r: asyncpg.Record) -> JobOverview:
+    """A Jobs Management row from a query that selected the overview columns."""
     runnable = r["enabled"] and not r["paused"] and r["group_enabled"]
-    return JobSummary(
-        overview=JobOverview(
-            name=r["name"],
-            type=r["type"],
-            description=r["description"] or "",
-            last_result=r["last_status"],
-            last_run_at=r["last_run_at"],
-            next_run_at=r["next_fire_at"] if runnable else None,
-            active_hosts=tuple(h for h in r["running_hosts"] if h),
-            facts=JobFacts(
-                enabled=r["enabled"],
-                group_enabled=r["group_enabled"],
-                paused=r["paused"],
-                dispatched=r["dispatched"],
-                running_hosts=tuple(r["running_hosts"]),
-                queued=r["queued"],
-                version=r["version"],
-                oldest_active_version=r["oldest_version"],
-            ),
+    return JobOverview(
+        name=r["name"],
+        type=r["type"],
+        description=r["description"] or "",
+        last_result=r["last_status"],
+        last_run_at=r["last_run_at"],
+        next_run_at=r["next_fire_at"] if runnable else None,
+        active_hosts=tuple(h for h in r["running_hosts"] if h),
+        facts=JobFacts(
+            enabled=r["enabled"],
+            group_enabled=r["group_enabled"],
+            paused=r["paused"],
+            dispatched=r["dispatched"],
+            running_hosts=tuple(r["running_hosts"]),
+            queued=r["queued"],
+            version=r["version"],
+            oldest_active_version=r["oldest_version"],
         ),
+    )
+
+
+def _summary(r: asyncpg.Record) -> JobSummary:
+    return JobSummary(
+        overview=_overview(r),
         group=r["group_name"],
         tags=tuple(r["tags"] or ()),
         priority=r["priority"],
