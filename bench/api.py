@@ -50,7 +50,6 @@ from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -62,6 +61,7 @@ from jobwire.runtime.embedded import NatsServer, PostgresServer, free_port
 from jobwire.runtime.settings import ServiceSettings
 from jobwire.scheduler.api.tokens import create_token, ensure_schema
 from jobwire.scheduler.domain.definitions import parse_definition
+from jobwire.testing.databases import scratch_database
 
 BENCH = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -164,25 +164,10 @@ class Env:
     postgres_pid: int | None
     nats_pid: int | None
 
-    def dsn(self, database: str) -> str:
-        return urlunsplit(urlsplit(self.admin_dsn)._replace(path=f"/{database}"))
-
     @contextlib.asynccontextmanager
     async def database(self) -> AsyncIterator[str]:
-        name = f"jobwire_bench_api_{uuid.uuid4().hex[:6]}"
-        admin = await asyncpg.connect(self.admin_dsn)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        try:
-            yield self.dsn(name)
-        finally:
-            admin = await asyncpg.connect(self.admin_dsn)
-            try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await admin.close()
+        async with scratch_database(self.admin_dsn, "jobwire_bench_api_") as dsn:
+            yield dsn
 
 
 @contextlib.asynccontextmanager

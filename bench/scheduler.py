@@ -83,7 +83,6 @@ from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -95,6 +94,7 @@ from jobwire.runtime.embedded import NatsServer, PostgresServer
 from jobwire.runtime.settings import ServiceSettings
 from jobwire.scheduler.domain.definitions import parse_definition
 from jobwire.scheduler.main import spec
+from jobwire.testing.databases import scratch_database
 
 BENCH = Path(__file__).resolve().parent
 WORKER = BENCH / "_scheduler_worker.py"
@@ -257,27 +257,11 @@ class Env:
                 process.kill()
                 await process.wait()
 
-    def dsn(self, database: str) -> str:
-        parts = urlsplit(self.admin_dsn)
-        return urlunsplit(parts._replace(path=f"/{database}"))
-
     @contextlib.asynccontextmanager
     async def database(self, label: str) -> AsyncIterator[str]:
         """A fresh database for one scenario (dropped afterwards)."""
-        name = f"jobwire_bench_{label}_{uuid.uuid4().hex[:6]}"
-        admin = await asyncpg.connect(self.admin_dsn)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        try:
-            yield self.dsn(name)
-        finally:
-            admin = await asyncpg.connect(self.admin_dsn)
-            try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await admin.close()
+        async with scratch_database(self.admin_dsn, f"jobwire_bench_{label}_") as dsn:
+            yield dsn
 
     @contextlib.asynccontextmanager
     async def streams(self) -> AsyncIterator[Broker]:

@@ -29,15 +29,15 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
-import asyncpg
 import nats
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 
 from jobwire.runtime.embedded import NatsServer, PostgresServer, is_listening
+from jobwire.testing.databases import scratch_database
 from jobwire.testing.jetstream import purge_namespace
 from jobwire.testing.kafka import TansuBroker, create_topic, delete_topics
 
@@ -152,34 +152,11 @@ def postgres_dsn(
         _discard_postgres(server)
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _with_database(dsn: str, database: str) -> str:
-    return urlsplit(dsn)._replace(path="/" + quote(database, safe="")).geturl()
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def database_url(postgres_dsn: str) -> AsyncIterator[str]:
     """A fresh, empty database for this test only, dropped afterwards."""
-    name = f"t_{secrets.token_hex(5)}"
-    connection = await asyncpg.connect(postgres_dsn)
-    try:
-        # template0: nobody ever connects to it, unlike template1, so concurrent
-        # CREATE DATABASE runs (other sessions on a shared server) cannot collide.
-        await connection.execute(f"CREATE DATABASE {_quote_ident(name)} TEMPLATE template0")
-    finally:
-        await connection.close()
-    try:
-        yield _with_database(postgres_dsn, name)
-    finally:
-        connection = await asyncpg.connect(postgres_dsn)
-        try:
-            # FORCE ends connections a test left open (e.g. after a failure).
-            await connection.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
-        finally:
-            await connection.close()
+    async with scratch_database(postgres_dsn) as url:
+        yield url
 
 
 @pytest.fixture
