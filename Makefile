@@ -20,6 +20,7 @@ run: install ## start the whole system locally (embedded NATS + PostgreSQL); Ctr
 
 .PHONY: test
 test: install ## run the whole test suite (unit + integration on real servers); PYTEST_ARGS narrows it
+	@bash .ci/system-packages test
 	$(RUN) pytest $(PYTEST_ARGS)
 
 .PHONY: lint
