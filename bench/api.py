@@ -32,9 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
-import platform
 import random
 import shutil
 import signal
@@ -47,12 +45,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+from _measure import BENCH, cpu_seconds, machine_info, percentile, rounded
 
 from jobwire.contracts.subjects import Stream
 from jobwire.runtime.broker import Broker
@@ -63,8 +61,8 @@ from jobwire.scheduler.api.tokens import create_token, ensure_schema
 from jobwire.scheduler.domain.definitions import parse_definition
 from jobwire.testing.databases import scratch_database
 
-BENCH = Path(__file__).resolve().parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+API_PACKAGES = ("jobwire-scheduler", "fastapi", "starlette", "uvicorn", "asyncpg", "httpx")
+
 TRIGGER_JOB = "bench-trigger"
 KINDS = ("nightly", "hourly", "ad hoc")
 LIVE_HOST = "bench-live-host"
@@ -73,83 +71,15 @@ LIVE_HOST = "bench-live-host"
 # -- statistics and processes ------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of sorted ``values``."""
-    if not values:
-        return None
-    rank = max(1, math.ceil(q / 100 * len(values)))
-    return values[min(rank, len(values)) - 1]
-
-
 def latency_summary(seconds: Sequence[float]) -> dict[str, Any]:
     ms = sorted(x * 1000 for x in seconds)
     return {
         "requests": len(ms),
-        "p50_ms": _r(percentile(ms, 50)),
-        "p90_ms": _r(percentile(ms, 90)),
-        "p99_ms": _r(percentile(ms, 99)),
-        "max_ms": _r(ms[-1] if ms else None),
-        "mean_ms": _r(sum(ms) / len(ms) if ms else None),
-    }
-
-
-def _r(x: float | None, digits: int = 1) -> float | None:
-    return None if x is None else round(x, digits)
-
-
-def cpu_seconds(pid: int | None, children: bool = False) -> float | None:
-    """User + system CPU of a process (and, for PostgreSQL, its backends)."""
-    if pid is None:
-        return None
-    pids = [pid] + (_children(pid) if children else [])
-    total = 0
-    for p in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
-def machine_info() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in ("jobwire-scheduler", "fastapi", "starlette", "uvicorn", "asyncpg", "httpx"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    commit = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=BENCH,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    return {
-        "git_commit": commit,
-        "python": platform.python_version(),
-        "cpu_model": model,
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "packages": versions,
+        "p50_ms": rounded(percentile(ms, 50)),
+        "p90_ms": rounded(percentile(ms, 90)),
+        "p99_ms": rounded(percentile(ms, 99)),
+        "max_ms": rounded(ms[-1] if ms else None),
+        "mean_ms": rounded(sum(ms) / len(ms) if ms else None),
     }
 
 
@@ -413,7 +343,7 @@ async def trigger_scenario(
     messages = int((info.state.subjects or {}).get(subject, 0))
     accepted = statuses.get(201, 0)
     cpu = {
-        name: _r(after - before, 2) if before is not None and after is not None else None
+        name: rounded(after - before, 2) if before is not None and after is not None else None
         for (name, before), (_, after) in zip(cpu_before.items(), cpu_after.items(), strict=True)
     }
     result = {
@@ -431,7 +361,9 @@ async def trigger_scenario(
         "outbox_drained_after_s": drained_in,
         "cpu_seconds_in_window": cpu,
         "cpu_per_trigger_ms": {
-            name: _r(seconds * 1000 / accepted, 3) if seconds is not None and accepted else None
+            name: rounded(seconds * 1000 / accepted, 3)
+            if seconds is not None and accepted
+            else None
             for name, seconds in cpu.items()
         },
         "goal_per_second": 500,
@@ -620,7 +552,7 @@ def main() -> None:
         "how": __doc__,
         **results,
         "environment": {
-            **machine_info(),
+            **machine_info(API_PACKAGES),
             # Other work on the machine shows here: the run has two CPUs to itself
             # only when the load before it was near 0.
             "load_average_1m_before_and_after": [

@@ -66,7 +66,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import signal
@@ -80,11 +79,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from _measure import BENCH, cpu_seconds, machine_busy, machine_info, percentile, rounded
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from jobwire.contracts.subjects import Stream
@@ -96,141 +96,31 @@ from jobwire.scheduler.domain.definitions import parse_definition
 from jobwire.scheduler.main import spec
 from jobwire.testing.databases import scratch_database
 
-BENCH = Path(__file__).resolve().parent
+SCHEDULER_PACKAGES = (
+    "jobwire-scheduler",
+    "nats-py",
+    "asyncpg",
+    "pydantic",
+    "apscheduler",
+    "sqlalchemy",
+    "py-spy",
+)
+
 WORKER = BENCH / "_scheduler_worker.py"
 PEER = BENCH / "_apscheduler_peer.py"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- statistics ------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of sorted ``values``."""
-    if not values:
-        return None
-    rank = max(1, math.ceil(q / 100 * len(values)))
-    return values[min(rank, len(values)) - 1]
-
-
 def lag_summary(lags_s: Iterable[float]) -> dict[str, float | None]:
     ms = sorted(x * 1000 for x in lags_s)
     return {
-        "p50": _r(percentile(ms, 50)),
-        "p90": _r(percentile(ms, 90)),
-        "p99": _r(percentile(ms, 99)),
-        "max": _r(ms[-1] if ms else None),
-        "min": _r(ms[0] if ms else None),
-    }
-
-
-def _r(x: float | None, digits: int = 1) -> float | None:
-    return None if x is None else round(x, digits)
-
-
-# -- machine and processes -------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2 :].split()
-
-
-def cpu_seconds(pid: int | None, children: bool = False) -> float | None:
-    """CPU time of ``pid`` (plus its reaped children, plus its live children)."""
-    if pid is None:
-        return None
-    fields = _proc_stat(pid)
-    if fields is None:
-        return None
-    # After "(comm) ": state=0 … utime=11 stime=12 cutime=13 cstime=14
-    total = int(fields[11]) + int(fields[12])
-    if children:
-        total += int(fields[13]) + int(fields[14])
-        for child in _children(pid):
-            sub = _proc_stat(child)
-            if sub is not None:
-                total += int(sub[11]) + int(sub[12])
-    return total / CLK_TCK
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _proc_stat(int(entry.name))
-            if fields is not None and fields[1] == str(pid):
-                found.append(int(entry.name))
-    return found
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
-
-
-def machine_info() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_gib = None
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    versions = {}
-    for package in (
-        "jobwire-scheduler",
-        "nats-py",
-        "asyncpg",
-        "pydantic",
-        "apscheduler",
-        "sqlalchemy",
-        "py-spy",
-    ):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    commit = dirty = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=BENCH,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--", "services/scheduler/src", "libs"],
-                cwd=BENCH.parent,
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            ).stdout.strip()
-        )
-    return {
-        "git_commit": commit,
-        "scheduler_or_libs_uncommitted_changes": dirty,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "machine": platform.machine(),
-        "cpu_model": model,
-        "cpus": os.cpu_count(),
-        "memory_gib": mem_gib,
-        "kernel": platform.release(),
-        "packages": versions,
+        "p50": rounded(percentile(ms, 50)),
+        "p90": rounded(percentile(ms, 90)),
+        "p99": rounded(percentile(ms, 99)),
+        "max": rounded(ms[-1] if ms else None),
+        "min": rounded(ms[0] if ms else None),
     }
 
 
@@ -466,17 +356,25 @@ async def burst(
         "fires_per_s": round(len(acks) / (last_ack - first_claim)),
         "fires_per_s_from_due": round(len(acks) / (last_ack - due.timestamp())),
         "duration_s": round(last_ack - first_claim, 3),
-        "first_claim_after_due_ms": _r((first_claim - due.timestamp()) * 1000),
+        "first_claim_after_due_ms": rounded((first_claim - due.timestamp()) * 1000),
         "lag_ms": lag_summary(lags),
         "event_loop_stall_ms": {
-            k: _r(v) if isinstance(v, float) else v for k, v in result["loop_stall_ms"].items()
+            k: rounded(v) if isinstance(v, float) else v for k, v in result["loop_stall_ms"].items()
         },
         "claims": [
-            {"start_ms": _r((s - due.timestamp()) * 1000), "ms": _r((e - s) * 1000), "jobs": n}
+            {
+                "start_ms": rounded((s - due.timestamp()) * 1000),
+                "ms": rounded((e - s) * 1000),
+                "jobs": n,
+            }
             for s, e, n, _ in result["claims"]
         ],
         "relay_batches": [
-            {"start_ms": _r((s - due.timestamp()) * 1000), "ms": _r((e - s) * 1000), "rows": n}
+            {
+                "start_ms": rounded((s - due.timestamp()) * 1000),
+                "ms": rounded((e - s) * 1000),
+                "rows": n,
+            }
             for s, e, n, _ in result["relays"]
         ],
     }
@@ -534,7 +432,7 @@ async def burst_peer(env: Env, jobs: int) -> dict[str, Any]:
         out |= {
             "fires_per_s": round(len(runs) / (last - first), 1),
             "duration_s": round(last - first, 3),
-            "first_acquire_after_due_ms": _r((first - due) * 1000),
+            "first_acquire_after_due_ms": rounded((first - due) * 1000),
             "lag_ms": lag_summary(r - s for s, r in runs),
         }
     return out
@@ -642,7 +540,7 @@ async def sustained(
                 "SELECT count(*) FROM scheduler.jobs WHERE next_fire_at <= now()"
             ),
             "outbox_rows": await pool.fetchval("SELECT count(*) FROM scheduler.outbox"),
-            "oldest_unclaimed_due_s": _r(
+            "oldest_unclaimed_due_s": rounded(
                 await pool.fetchval(
                     "SELECT extract(epoch FROM now() - min(next_fire_at)) FROM scheduler.jobs "
                     "WHERE next_fire_at <= now()"
@@ -691,7 +589,7 @@ async def sustained(
         "jobs_claimed_per_s": round(claimed_jobs / span),
         "runs_decided_per_s": round(decided / span),
         "runs_per_claimed_job": round(decided / claimed_jobs, 2) if claimed_jobs else None,
-        "mean_claim_ms": _r(sum(c[1] - c[0] for c in claims) / len(claims) * 1000)
+        "mean_claim_ms": rounded(sum(c[1] - c[0] for c in claims) / len(claims) * 1000)
         if claims
         else None,
         "firer_busy_fraction": round(sum(c[1] - c[0] for c in claims) / span, 3),
@@ -710,7 +608,7 @@ async def sustained(
             "machine_busy_fraction": round(busy, 3),
         },
         "event_loop_stall_ms": {
-            k: _r(v) if isinstance(v, float) else v for k, v in result["loop_stall_ms"].items()
+            k: rounded(v) if isinstance(v, float) else v for k, v in result["loop_stall_ms"].items()
         },
         "gc_fraction_of_process_wall": round(
             sum(result["gc_seconds"]) / (result["stopped"] - result["started"]), 3
@@ -1207,7 +1105,7 @@ def main() -> None:
         "how": __doc__,
         **results,
         "environment": {
-            **machine_info(),
+            **machine_info(SCHEDULER_PACKAGES),
             **env.info,
             "load_average_1m_before_and_after": [
                 round(load_before[0], 2),
