@@ -67,6 +67,18 @@ class Audit:
     action: str
 
 
+class Params:
+    """Positional parameters ($1, $2 …) collected while a query is built from
+    optional filters: ``arg(value)`` stores the value and returns its placeholder."""
+
+    def __init__(self, values: list[object] | None = None) -> None:
+        self.values: list[object] = values if values is not None else []
+
+    def __call__(self, value: object) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
 @dataclass(frozen=True, slots=True)
 class JobRecord:
     id: uuid.UUID
@@ -691,10 +703,7 @@ class PostgresJobStore:
         returns every match (for filters applied afterwards, such as status).
         """
         conditions, args = where.sql(self.schema)
-
-        def arg(value: object) -> str:
-            args.append(value)
-            return f"${len(args)}"
+        arg = Params(args)  # continues the numbering of the filter's parameters
 
         key = sort.removeprefix("-")
         column = _SORT_COLUMNS[key]
@@ -799,11 +808,8 @@ class PostgresJobStore:
         exact: counting stops at ``count_up_to``, as counting millions of runs would
         cost more than the page itself."""
         conditions: list[str] = []
-        args: list[object] = []
-
-        def arg(value: object) -> str:
-            args.append(value)
-            return f"${len(args)}"
+        arg = Params()
+        args = arg.values
 
         if job_id is not None:
             conditions.append(f"r.job_id = {arg(job_id)}")
@@ -1048,11 +1054,8 @@ class PostgresJobStore:
     ) -> tuple[list[asyncpg.Record], int]:
         """Audit rows newest first, and how many match."""
         conditions: list[str] = []
-        args: list[object] = []
-
-        def arg(value: object) -> str:
-            args.append(value)
-            return f"${len(args)}"
+        arg = Params()
+        args = arg.values
 
         for column, value in (
             ("target_type", target_type),
@@ -1116,11 +1119,8 @@ class JobFilter:
 
     def sql(self, schema: str = "scheduler") -> tuple[list[str], list[object]]:
         conditions: list[str] = []
-        args: list[object] = []
-
-        def arg(value: object) -> str:
-            args.append(value)
-            return f"${len(args)}"
+        arg = Params()
+        args = arg.values
 
         if self.type is not None:
             conditions.append(f"j.type = {arg(self.type)}")
