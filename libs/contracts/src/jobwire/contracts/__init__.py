@@ -25,6 +25,15 @@ from jobwire.contracts.job_types import (
     validate_params,
 )
 from jobwire.contracts.jobs import JobDue
+from jobwire.contracts.listeners import (
+    FileListenerParams,
+    KafkaSubscriberParams,
+    ListenerDefinition,
+    ListenerParams,
+    ListenerSlotStatus,
+    MessageBusListenerParams,
+    MessageInput,
+)
 from jobwire.contracts.objects import EmailAddress, EmailObject, FileObject, StorageKind
 from jobwire.contracts.runs import (
     RUN_EVENT_MODELS,
@@ -61,11 +70,18 @@ __all__ = [
     "EmailAddress",
     "EmailObject",
     "Envelope",
+    "FileListenerParams",
     "FileObject",
     "HostInfo",
     "JobDue",
     "JobParams",
     "JobTypeName",
+    "KafkaSubscriberParams",
+    "ListenerDefinition",
+    "ListenerParams",
+    "ListenerSlotStatus",
+    "MessageBusListenerParams",
+    "MessageInput",
     "Origin",
     "OriginKind",
     "RunCancelRequested",

@@ -19,6 +19,7 @@ from jobwire.contracts.envelope import CONTENT_TYPE, Contract, Envelope, Version
 from jobwire.contracts.hosts import HostInfo
 from jobwire.contracts.job_types import job_types
 from jobwire.contracts.jobs import JobDue
+from jobwire.contracts.listeners import ListenerDefinition, ListenerSlotStatus
 from jobwire.contracts.objects import EmailObject, FileObject
 from jobwire.contracts.runs import RUN_EVENT_MODELS
 from jobwire.contracts.subjects import DEFAULT_NAMESPACE, RunEvent
@@ -27,9 +28,15 @@ from jobwire.contracts.workflows import StartWorkflow
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 ENVELOPE_SCHEMA_ID = "urn:jobwire:schema:Envelope:v1"
 
-OBJECT_MODELS: tuple[type[Versioned], ...] = (FileObject, EmailObject, HostInfo)
+OBJECT_MODELS: tuple[type[Versioned], ...] = (
+    FileObject,
+    EmailObject,
+    HostInfo,
+    ListenerDefinition,
+    ListenerSlotStatus,
+)
 """Models published for reference although no subject carries them directly
-(objects inside StartWorkflow input; host registry entries in NATS KV)."""
+(objects inside StartWorkflow input; host registry and listener entries in NATS KV)."""
 
 _REFS = "#/components/schemas/{model}"
 

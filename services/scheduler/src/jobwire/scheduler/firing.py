@@ -44,6 +44,7 @@ class Firer:
         max_idle_seconds: float,
         on_outbox: Callable[[], None] = lambda: None,
         relay_caught_up: asyncio.Event | None = None,
+        on_definitions_changed: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
@@ -51,6 +52,8 @@ class Firer:
         self.max_idle = max_idle_seconds
         self.on_outbox = on_outbox  # wakes this replica's relay at once
         self.relay_caught_up = relay_caught_up  # backpressure from the relay
+        # The NOTIFY this loop listens to also tells the listener mirror.
+        self.on_definitions_changed = on_definitions_changed
         self._changed = asyncio.Event()
 
     async def fire_due(self, now: datetime) -> int:
@@ -137,6 +140,7 @@ class Firer:
 
     def _on_notify(self, *_: object) -> None:
         self._changed.set()
+        self.on_definitions_changed()
 
     async def _loop(self, stop: asyncio.Event) -> None:
         failures = 0

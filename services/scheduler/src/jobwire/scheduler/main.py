@@ -20,6 +20,7 @@ from jobwire.scheduler.adapters.store import JobExists, PostgresJobStore
 from jobwire.scheduler.dispatch import Dispatcher
 from jobwire.scheduler.domain.definitions import parse_definition
 from jobwire.scheduler.firing import Firer
+from jobwire.scheduler.listener_mirror import ListenerMirror
 from jobwire.scheduler.relay import OutboxRelay
 from jobwire.scheduler.run_events import RunRecorder
 from jobwire.scheduler.settings import SchedulerSettings
@@ -54,6 +55,9 @@ class Scheduler:
             batch=options.relay_batch,
             poll_seconds=options.relay_poll_seconds,
         )
+        self.mirror = ListenerMirror(
+            self.store, ctx.broker, sync_seconds=options.listener_sync_seconds
+        )
         self.firer = Firer(
             self.store,
             self.dispatcher,
@@ -61,6 +65,7 @@ class Scheduler:
             max_idle_seconds=options.max_idle_seconds,
             on_outbox=self.relay.wake.set,
             relay_caught_up=self.relay.caught_up,
+            on_definitions_changed=self.mirror.wake.set,
         )
         self.recorder = RunRecorder(
             self.store, ctx.broker, self.dispatcher, on_outbox=self.relay.wake.set
@@ -74,6 +79,7 @@ class Scheduler:
             tasks.create_task(self.firer.run(self.stopping))
             tasks.create_task(self.relay.run(self.stopping))
             tasks.create_task(self.recorder.run(self.stopping))
+            tasks.create_task(self.mirror.run(self.stopping))
             tasks.create_task(_retention(self.store, self.options.history_days, self.stopping))
 
 

@@ -17,6 +17,11 @@ class SchedulerOptions(BaseModel):
         30.0, gt=0, description="longest sleep of the firing loop when nothing is due"
     )
     history_days: float = Field(30.0, gt=0, description="finished runs are kept this long")
+    listener_sync_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="how often listener jobs are mirrored to NATS KV besides on every change",
+    )
     sample_job: bool = Field(
         False, description="create a sample start-workflow job (used by `jobwire dev`)"
     )

@@ -375,6 +375,19 @@ class PostgresJobStore:
                 raise VersionConflict(name, expected_version, row["version"])
             if audit is not None:
                 await self.write_audit(conn, audit, "job", name, job_view(_record(row)), None)
+            await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+
+    async def listener_jobs(self, types: Sequence[str]) -> list[tuple[JobRecord, bool]]:
+        """Every job of the listener ``types``, and whether its group is enabled."""
+        rows = await self.pool.fetch(
+            f"""SELECT {", ".join(f"j.{c}" for c in _JOB_COLUMNS.split(", "))},
+                       coalesce(g.enabled, true) AS group_enabled
+                FROM {self.schema}.jobs j
+                LEFT JOIN {self.schema}.job_groups g ON g.name = j.group_name
+                WHERE j.type = ANY($1::text[])""",
+            list(types),
+        )
+        return [(_record(row), row["group_enabled"]) for row in rows]
 
     async def runs(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(

@@ -38,6 +38,7 @@ from jobwire.scheduler.api.context import ApiContext
 from jobwire.scheduler.api.problems import ProblemError, validation_problems
 from jobwire.scheduler.api.schemas import RunDetail
 from jobwire.scheduler.dispatch import START_WORKFLOW
+from jobwire.scheduler.domain.definitions import is_listener
 from jobwire.scheduler.domain.planner import admit
 from jobwire.scheduler.domain.schedule import next_fire
 
@@ -60,6 +61,13 @@ async def trigger(
     """Start a run of job ``name`` now; returns the run and whether it is new."""
     store = api.store
     job = await store.get(name)
+    if is_listener(job.definition.type):
+        raise ProblemError(
+            409,
+            "Listener jobs have no runs",
+            f"{name!r} starts a workflow for each message, file or email it receives; "
+            "it cannot be triggered",
+        )
     if not job.enabled:
         raise ProblemError(409, "Job is disabled", f"enable job {name!r} to trigger it")
     if job.definition.group is not None and not await store.group_enabled(job.definition.group):

@@ -14,7 +14,8 @@ from typing import Any, Literal, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from jobwire.contracts.errors import ContractError
-from jobwire.contracts.job_types import validate_params
+from jobwire.contracts.job_types import JobParams, params_model, validate_params
+from jobwire.contracts.listeners import ListenerParams
 from jobwire.scheduler.domain.schedule import CronSchedule, Schedule, next_fire
 
 
@@ -76,6 +77,13 @@ class JobDefinition(_Strict):
     retry_backoff_seconds: float = Field(10.0, gt=0, le=86_400)
     timeout_seconds: float | None = Field(None, gt=0)
     after: list[After] = Field(default_factory=list)
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="listener jobs: 1 = one active instance with failover; more = that many "
+        "active consumers sharing the load (kafka-subscriber, servicebus-listener)",
+    )
 
     @model_validator(mode="after")
     def _window(self) -> Self:
@@ -117,12 +125,44 @@ def parse_definition(data: Mapping[str, Any]) -> JobDefinition:
     except ValidationError as exc:
         raise DefinitionError(_problems(exc)) from None
     try:
-        validate_params(definition.type, definition.params)
+        params = validate_params(definition.type, definition.params)
     except ContractError as exc:
         raise DefinitionError([(exc.field, exc.message)]) from None
     except ValidationError as exc:
         raise DefinitionError(_problems(exc, prefix="params")) from None
+    problems = _listener_problems(definition, params)
+    if problems:
+        raise DefinitionError(problems)
     return definition
+
+
+def is_listener(job_type: str) -> bool:
+    """Whether jobs of this type listen (run while enabled) rather than fire."""
+    try:
+        return issubclass(params_model(job_type), ListenerParams)
+    except ContractError:
+        return False
+
+
+def _listener_problems(definition: JobDefinition, params: JobParams) -> list[tuple[str, str]]:
+    if not isinstance(params, ListenerParams):
+        if definition.replicas != 1:
+            return [("replicas", "only listener jobs have replicas")]
+        return []
+    problems = []
+    if definition.schedule is not None:
+        problems.append(("schedule", "a listener job runs while enabled: it has no schedule"))
+    if definition.after:
+        problems.append(("after", "a listener job cannot be chained: it has no runs"))
+    if definition.replicas > 1 and not params.scalable:
+        problems.append(
+            (
+                "replicas",
+                f"{definition.type} cannot share its work between replicas: use 1 "
+                "(one active instance, the others on standby)",
+            )
+        )
+    return problems
 
 
 def _problems(exc: ValidationError, prefix: str | None = None) -> list[tuple[str, str]]:

@@ -1,0 +1,311 @@
+"""The one loop every listener slot runs: source → StartWorkflow → JetStream → ack.
+
+Written once for all sources. It owns what sources must not each get right on
+their own: the mapping to StartWorkflow, the idempotency key (also the
+``Nats-Msg-Id``), dead letters for poison, retries with backoff, tracing,
+metrics, and the rule that a source is acked only after JetStream stored every
+command (or dead letter) of the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from nats.errors import MaxPayloadError
+from nats.js.api import ObjectStoreConfig
+from nats.js.errors import BucketNotFoundError
+from opentelemetry import metrics, trace
+from opentelemetry.trace import SpanKind
+
+from jobwire.contracts.deadletter import DeadLetter
+from jobwire.contracts.envelope import utcnow
+from jobwire.contracts.listeners import (
+    ListenerDefinition,
+    ListenerParams,
+    ListenerSlotStatus,
+    ListenerState,
+)
+from jobwire.listeners.domain.mapping import Poison, message_id, start_workflow
+from jobwire.listeners.domain.triggers import Trigger
+from jobwire.listeners.settings import ListenerOptions
+from jobwire.listeners.sources import Source
+from jobwire.runtime.broker import Broker, Encoded, PublishContext
+from jobwire.runtime.logs import get_logger
+from jobwire.runtime.waits import Stopped, backoff_wait
+
+log = get_logger("jobwire.listeners.runner")
+tracer = trace.get_tracer("jobwire.listeners")
+meter = metrics.get_meter("jobwire.listeners")
+triggers_counter = meter.create_counter(
+    "jobwire.listener.triggers", description="triggers handled, by job and outcome"
+)
+errors_counter = meter.create_counter(
+    "jobwire.listener.errors", description="failed attempts, by job and stage"
+)
+batch_seconds = meter.create_histogram(
+    "jobwire.listener.batch.duration", unit="s", description="receive-to-ack time of a batch"
+)
+
+# Room the envelope and headers of a dead letter need besides its payload.
+_ENVELOPE_MARGIN = 16 * 1024
+PAYLOAD_OBJECT_HEADER = "jobwire-payload-object"
+
+
+@dataclass
+class SlotStats:
+    """What one slot reports (host registry, metrics); updated by its runner."""
+
+    state: ListenerState = "Starting"
+    since: datetime = field(default_factory=utcnow)
+    received: int = 0
+    published: int = 0
+    dead_lettered: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+    def enter(self, state: ListenerState) -> None:
+        if state != self.state:
+            self.state, self.since = state, utcnow()
+
+    def failed(self, error: BaseException) -> None:
+        self.errors += 1
+        self.last_error = describe(error)
+
+
+class SlotRunner:
+    """Runs one slot of one listener until ``stop`` is set."""
+
+    def __init__(
+        self,
+        definition: ListenerDefinition,
+        params: ListenerParams,
+        slot: int,
+        source: Source,
+        broker: Broker,
+        options: ListenerOptions,
+    ) -> None:
+        self.definition = definition
+        self.params = params
+        self.slot = slot
+        self.source = source
+        self.broker = broker
+        self.options = options
+        self.stats = SlotStats()
+        self.batch_size = int(getattr(params, "batch_max_messages", 0)) or int(
+            getattr(params, "batch_max_files", 0) or 500
+        )
+        self._labels = {"job": definition.job_name, "type": definition.job_type}
+        self._failures = 0
+
+    def status(self) -> ListenerSlotStatus:
+        stats = self.stats
+        lag = None
+        with contextlib.suppress(Exception):  # a source's estimate must not break status
+            lag = self.source.lag()
+        return ListenerSlotStatus(
+            job_id=self.definition.job_id,
+            job_name=self.definition.job_name,
+            job_version=self.definition.job_version,
+            slot=self.slot,
+            state=stats.state,
+            since=stats.since,
+            received=stats.received,
+            published=stats.published,
+            dead_lettered=stats.dead_lettered,
+            errors=stats.errors,
+            last_error=stats.last_error,
+            lag=lag,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Open the source and pump it; on failure close, back off and open again."""
+        fields = {"job": self.definition.job_name, "slot": self.slot}
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self.source.open(), self.options.open_timeout_seconds)
+                log.info("listener.started", **fields, version=self.definition.job_version)
+                self.stats.enter("Running")
+                await self._pump(stop)
+            except Stopped:
+                break
+            except Exception as exc:
+                self._fail("source", exc)
+                log.warning("listener.failed", **fields, error=describe(exc))
+            finally:
+                await self._close()
+            if stop.is_set():
+                break
+            try:
+                await backoff_wait(self._backoff(), stop)
+            except Stopped:
+                break
+        self.stats.enter("Stopping")
+        log.info("listener.stopped", **fields)
+
+    async def _pump(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            triggers = await self.source.receive(
+                self.batch_size, self.options.receive_timeout_seconds
+            )
+            if not triggers:
+                continue
+            started = time.monotonic()
+            self.stats.received += len(triggers)
+            with tracer.start_as_current_span(
+                "listener.batch",
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "jobwire.job": self.definition.job_name,
+                    "jobwire.listener.slot": self.slot,
+                    "messaging.batch.message_count": len(triggers),
+                },
+            ):
+                await self._handle(triggers, stop)
+            batch_seconds.record(time.monotonic() - started, self._labels)
+            self._failures = 0
+            if self.stats.state == "Failed":
+                self.stats.enter("Running")
+
+    async def _handle(self, triggers: Sequence[Trigger], stop: asyncio.Event) -> None:
+        """Publish a StartWorkflow or dead letter per trigger, retrying until all are
+        stored, then ack the source. A stop while retrying hands the batch back."""
+        context = PublishContext.current()
+        outgoing: list[Encoded] = []
+        dead = 0
+        for trigger in triggers:
+            encoded = await self._encode(trigger, context)
+            dead += encoded.subject == self._dlq_subject
+            outgoing.append(encoded)
+        pending = list(range(len(outgoing)))
+        while pending:
+            results = await self.broker.publish_encoded(
+                [outgoing[i] for i in pending], timeout=self.options.publish_timeout_seconds
+            )
+            retry: list[int] = []
+            error: BaseException | None = None
+            for index, result in zip(pending, results, strict=True):
+                if isinstance(result, MaxPayloadError):
+                    # Too big for NATS after all (the envelope adds to the body):
+                    # a retry cannot help, a dead letter can.
+                    poison = Poison("too_large", "the StartWorkflow exceeds the NATS max payload")
+                    outgoing[index] = await self._dead_letter(triggers[index], poison, context)
+                    dead += 1
+                    retry.append(index)
+                elif isinstance(result, BaseException):
+                    retry.append(index)
+                    error = result
+            pending = retry
+            if error is None:
+                continue
+            self._fail("publish", error)
+            try:
+                await backoff_wait(self._backoff(), stop)
+            except Stopped:
+                await self.source.release(triggers)
+                raise
+        await self.source.ack(triggers)
+        published = len(triggers) - dead
+        self.stats.published += published
+        self.stats.dead_lettered += dead
+        triggers_counter.add(published, {**self._labels, "outcome": "published"})
+        if dead:
+            triggers_counter.add(dead, {**self._labels, "outcome": "dead_lettered"})
+
+    @property
+    def _dlq_subject(self) -> str:
+        return self.broker.subjects.dlq(self.definition.job_type)
+
+    async def _encode(self, trigger: Trigger, context: PublishContext) -> Encoded:
+        command = start_workflow(trigger, self.definition, self.params)
+        if isinstance(command, Poison):
+            return await self._dead_letter(trigger, command, context)
+        msg_id = command.idempotency_key
+        payload, headers = self.broker.encode(command, msg_id=msg_id, context=context)
+        if len(payload) > self.broker.nc.max_payload:
+            poison = Poison(
+                "too_large",
+                f"the StartWorkflow would be {len(payload)} bytes; "
+                f"NATS allows {self.broker.nc.max_payload}",
+            )
+            return await self._dead_letter(trigger, poison, context)
+        subject = self.broker.subjects.workflow_start(command.workflow)
+        return Encoded(subject, payload, headers)
+
+    async def _dead_letter(
+        self, trigger: Trigger, poison: Poison, context: PublishContext
+    ) -> Encoded:
+        """The dead letter of a trigger, with its original bytes.
+
+        Bytes too big to travel in a NATS message are kept in the object store
+        ``<ns>_dead_letters`` and the record names them: nothing is dropped.
+        """
+        key = message_id(self.definition, trigger)
+        payload = trigger.body if trigger.body is not None else trigger.raw or b""
+        headers = {
+            **trigger.headers,
+            "jobwire-job-id": self.definition.job_id,
+            "jobwire-trigger-key": trigger.key,
+        }
+        # base64 in JSON: 4 bytes per 3.
+        if len(payload) * 4 // 3 + _ENVELOPE_MARGIN > self.broker.nc.max_payload:
+            headers[PAYLOAD_OBJECT_HEADER] = await self._store_payload(key, payload)
+            payload = b""
+        now = utcnow()
+        record = DeadLetter(
+            source=self.definition.job_type,
+            subject=trigger.subject,
+            reason=poison.reason,
+            detail=poison.detail,
+            payload=payload,
+            headers=headers,
+            first_failed_at=now,
+            last_failed_at=now,
+            attempts=1,
+        )
+        log.warning(
+            "listener.dead_lettered",
+            job=self.definition.job_name,
+            key=trigger.key,
+            reason=poison.reason,
+            detail=poison.detail,
+        )
+        msg_id = f"dlq:{key}"
+        body, headers_out = self.broker.encode(record, msg_id=msg_id, context=context)
+        return Encoded(self._dlq_subject, body, headers_out)
+
+    async def _store_payload(self, key: str, payload: bytes) -> str:
+        bucket = f"{self.broker.subjects.namespace}_dead_letters"
+        try:
+            store = await self.broker.js.object_store(bucket)
+        except BucketNotFoundError:
+            store = await self.broker.js.create_object_store(bucket, ObjectStoreConfig())
+        name = key.replace(":", "_")
+        await store.put(name, payload)
+        return f"{bucket}/{name}"
+
+    def _fail(self, stage: str, error: BaseException) -> None:
+        self._failures += 1
+        self.stats.failed(error)
+        self.stats.enter("Failed")
+        errors_counter.add(1, {**self._labels, "stage": stage})
+
+    def _backoff(self) -> float:
+        return float(min(self.options.retry_max_seconds, 0.2 * 2 ** min(self._failures, 10)))
+
+    async def _close(self) -> None:
+        try:
+            await self.source.close()
+        except Exception as exc:  # a source must not raise here; keep going if it does
+            log.warning("listener.close_failed", job=self.definition.job_name, error=describe(exc))
+
+
+def describe(error: BaseException) -> str:
+    """One line for status and logs: the type and the first line of the message.
+    Sources keep credentials out of their messages (URLs go through ``redact``)."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:500] if text else type(error).__name__
