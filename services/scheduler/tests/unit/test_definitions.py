@@ -85,3 +85,62 @@ def test_a_cron_expression_that_never_matches_is_refused() -> None:
 
 def test_a_job_cannot_follow_itself() -> None:
     assert fields(job(after=[{"job": "invoices"}])) == ["definition"]
+
+
+LISTENER = {
+    "name": "orders from kafka",
+    "type": "kafka-subscriber",
+    "params": {"workflow": "order", "bootstrap_servers": ["k:9092"], "topics": ["orders"]},
+}
+
+
+def test_a_listener_job_has_no_schedule_and_may_scale_where_its_source_can() -> None:
+    definition = parse_definition({**LISTENER, "replicas": 3})
+
+    assert definition.replicas == 3 and definition.schedule is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"schedule": {"kind": "cron", "expression": "* * * * *"}}, "schedule", "no schedule"),
+        ({"after": [{"job": "x"}]}, "after", "cannot be chained"),
+        ({"replicas": 0}, "replicas", "greater than or equal to 1"),
+        ({"params": {"workflow": "w", "bootstrap_servers": ["k"]}}, "params", "topics"),
+    ],
+)
+def test_listener_definitions_are_refused_naming_the_field(
+    overrides: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(DefinitionError) as caught:
+        parse_definition({**LISTENER, **overrides})
+
+    [(where, what)] = caught.value.problems
+    assert where == field and message in what
+
+
+def test_only_scalable_listeners_take_more_than_one_replica() -> None:
+    files = {
+        "name": "inbox",
+        "type": "file-listener",
+        "params": {"workflow": "w", "storage": {"kind": "local", "root": "/in"}},
+        "replicas": 2,
+    }
+    with pytest.raises(DefinitionError, match="replicas: file-listener cannot share"):
+        parse_definition(files)
+    with pytest.raises(DefinitionError, match="replicas: only listener jobs"):
+        parse_definition(
+            {"name": "x", "type": "start-workflow", "params": {"workflow": "w"}, "replicas": 2}
+        )
+
+
+def test_a_storage_of_an_unknown_kind_is_named() -> None:
+    bad = {
+        "name": "inbox",
+        "type": "file-listener",
+        "params": {"workflow": "w", "storage": {"kind": "ftp", "root": "/in"}},
+    }
+    with pytest.raises(DefinitionError) as caught:
+        parse_definition(bad)
+
+    assert caught.value.problems[0][0] == "params.storage"
