@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest_asyncio
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.errors import BucketNotFoundError
 
 from jobwire.contracts.deadletter import DeadLetter
@@ -128,7 +128,9 @@ class Listeners:
         sub = await self.broker.js.pull_subscribe(
             subject,
             stream=name,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30),
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30
+            ),
         )
         found: list[Msg] = []
         try:

@@ -18,20 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
-import re
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import nats
 import pytest
 import pytest_asyncio
@@ -44,12 +39,12 @@ from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.subjects import Stream, Subjects
 from jobwire.contracts.workflows import StartWorkflow
 from jobwire.runtime.db import connect_pool, load_migrations, migrate
-from jobwire.runtime.embedded import free_port
 from jobwire.scheduler.adapters.store import PostgresJobStore
 from jobwire.scheduler.dispatch import run_id_for
 from jobwire.scheduler.domain.definitions import JobDefinition, parse_definition
 from jobwire.scheduler.main import spec
 from jobwire.testing import wait_for
+from jobwire.testing.fleet import Fleet
 
 pytestmark = pytest.mark.integration
 
@@ -60,154 +55,18 @@ WORK = "test-work"  # registered by conftest.py here and by replica.py in the re
 # ------------------------------------------------------------------ replicas
 
 
-@dataclass(eq=False)
-class Replica:
-    name: str
-    popen: subprocess.Popen[bytes]
-    http_port: int
-    log_path: Path
-    started: float = field(default_factory=lambda: asyncio.get_running_loop().time())
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, lines: int = 12) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def crash(self) -> str:
-        """The exception types (and messages) in the replica's ``service.crashed`` line."""
-        for line in reversed(self.log_tail(lines=50).splitlines()):
-            if '"service.crashed"' in line:
-                errors = re.findall(
-                    r"^[\s|+-]*([\w.]+(?:Error|Exception|Group)\b.*)$", line_text(line), re.M
-                )
-                return "; ".join(errors)
-        return "(no crash logged)"
-
-    async def readyz(self) -> dict[str, Any] | None:
-        """The replica's readiness report, or None while its HTTP server does not answer."""
-        try:
-            async with httpx.AsyncClient(timeout=1.0) as client:
-                response = await client.get(f"http://127.0.0.1:{self.http_port}/readyz")
-        except httpx.TransportError:
-            return None
-        report: dict[str, Any] = response.json()
-        return report
-
-
-def line_text(line: str) -> str:
-    try:
-        return str(json.loads(line).get("exception", ""))
-    except ValueError:
-        return line
-
-
-class Fleet:
-    """Scheduler replicas as processes of their own, started and stopped by PID."""
-
-    def __init__(self, tmp_path: Path, database_url: str, namespace: str) -> None:
-        self.tmp_path = tmp_path
-        self.database_url = database_url
-        self.namespace = namespace
-        self.replicas: list[Replica] = []
-
-    def start(self, nats_url: str, **env: str) -> Replica:
-        name = f"replica-{len(self.replicas)}"
-        port = free_port()
-        log_path = self.tmp_path / f"{name}.log"
-        environment = {
-            **os.environ,
-            "JOBWIRE_DATABASE_URL": self.database_url,
-            "JOBWIRE_DATABASE_POOL_MAX": "6",
-            "JOBWIRE_NATS__URL": nats_url,
-            "JOBWIRE_NAMESPACE": self.namespace,
-            "JOBWIRE_HTTP_PORT": str(port),
-            "JOBWIRE_INSTANCE_ID": f"{self.namespace}-{name}",
-            "JOBWIRE_SHUTDOWN_GRACE_SECONDS": "10",
-            "JOBWIRE_LOG_FORMAT": "json",
-            "JOBWIRE_SCHEDULER__RELAY_POLL_SECONDS": "0.2",
-            **env,
-        }
-        with log_path.open("wb") as log:
-            popen = subprocess.Popen(
-                [sys.executable, str(REPLICA)],
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        replica = Replica(name, popen, port, log_path)
-        self.replicas.append(replica)
-        return replica
-
-    def running(self) -> list[Replica]:
-        return [r for r in self.replicas if r.running]
-
-    async def ready(self, replica: Replica, timeout: float = 30.0) -> None:
-        async def is_ready() -> bool:
-            if not replica.running:
-                raise AssertionError(
-                    f"{replica.name} exited with {replica.popen.returncode}:\n{replica.log_tail()}"
-                )
-            report = await replica.readyz()
-            return bool(report and report["ready"])
-
-        await wait_for(is_ready, timeout=timeout, description=f"{replica.name} /readyz")
-
-    def kill(self, replica: Replica) -> None:
-        """SIGKILL by PID: a crash, nothing flushed, nothing deregistered."""
-        replica.popen.send_signal(signal.SIGKILL)
-        replica.popen.wait(timeout=10)
-
-    async def stop(self, replica: Replica, timeout: float = 20.0) -> int:
-        """SIGTERM by PID (graceful stop) and wait for the exit code."""
-        if replica.running:
-            replica.popen.send_signal(signal.SIGTERM)
-        await wait_for(
-            lambda: replica.popen.poll() is not None,
-            timeout=timeout,
-            description=f"{replica.name} to exit after SIGTERM",
-        )
-        return replica.popen.returncode
-
-    def close(self) -> None:
-        for replica in self.replicas:
-            if replica.running:
-                replica.popen.send_signal(signal.SIGTERM)
-        for replica in self.replicas:
-            try:
-                replica.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                replica.popen.send_signal(signal.SIGKILL)
-                replica.popen.wait(timeout=10)
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {r.name} (pid {r.pid}, exit {r.popen.poll()}) ---\n{r.log_tail()}"
-            for r in self.replicas
-        )
-
-    @contextlib.contextmanager
-    def explained(self) -> Iterator[None]:
-        """Failures inside carry the replicas' last log lines."""
-        try:
-            yield
-        except (TimeoutError, AssertionError) as exc:
-            raise AssertionError(f"{exc}\n{self.logs()}") from exc
-
-
 @pytest.fixture
 def fleet(tmp_path: Path, database_url: str, namespace: str) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path, database_url, namespace)
+    fleet = Fleet(
+        tmp_path,
+        [sys.executable, str(REPLICA)],
+        namespace=namespace,
+        env={
+            "JOBWIRE_DATABASE_URL": database_url,
+            "JOBWIRE_DATABASE_POOL_MAX": "6",
+            "JOBWIRE_SCHEDULER__RELAY_POLL_SECONDS": "0.2",
+        },
+    )
     try:
         yield fleet
     finally:

@@ -29,6 +29,7 @@ from jobwire.contracts.listeners import MessageBusListenerParams
 from jobwire.listeners.domain.triggers import Trigger
 from jobwire.listeners.sources import SourceContext
 
+_ACK_WAIT_SECONDS = 15.0
 # Messages a core subscription buffers for us between receives.
 _CORE_PENDING = 10_000
 
@@ -65,7 +66,9 @@ class NatsSource:
             durable_name=durable,
             filter_subject=self.params.subject,
             deliver_policy=DeliverPolicy.ALL if self.params.deliver == "all" else DeliverPolicy.NEW,
-            ack_wait=60.0,
+            # What a crashed owner had in flight is redelivered after this, to
+            # its successor; short, since a redelivery costs only a dropped duplicate.
+            ack_wait=_ACK_WAIT_SECONDS,
         )
         await js.add_consumer(self.params.stream, config=config)
         self._pull = await js.pull_subscribe_bind(durable, stream=self.params.stream)
