@@ -58,7 +58,8 @@ async def test_new_files_start_workflows_and_are_moved(
     paths = sorted(s.input["path"] for s in starts)  # type: ignore[index]
     assert paths == sorted([f"in/f{n:02}.pdf" for n in range(25)] + ["in/sub/deep.pdf"])
     first = next(s for s in starts if s.input["path"] == "in/f00.pdf")  # type: ignore[index]
-    assert first.input["storage"] == "local" and first.input["size"] == 5  # type: ignore[index]
+    assert first.input["storage"] == "local"
+    assert first.input["size"] == 5
     assert first.input["content_type"] == "application/pdf"  # type: ignore[index]
     assert first.origin.coordinates["path"] == "in/f00.pdf"
     assert first.idempotency_key.startswith(f"listener:{definition.job_id}:in/f00.pdf@")
@@ -108,7 +109,8 @@ async def test_kept_files_fire_once_per_content_across_restarts(
     starts = await _starts(listeners, 3)
 
     assert sorted(s.input["path"] for s in starts) == ["a.xml", "a.xml", "b.xml"]  # type: ignore[index]
-    assert (tmp_path / "a.xml").exists() and (tmp_path / "b.xml").exists()
+    assert (tmp_path / "a.xml").exists()
+    assert (tmp_path / "b.xml").exists()
 
 
 async def test_a_failing_move_is_reported_and_the_file_does_not_fire_again(

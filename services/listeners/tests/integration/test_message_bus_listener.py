@@ -64,7 +64,8 @@ async def test_each_message_starts_one_workflow_and_is_acked_after(
     first = min(starts, key=lambda s: s.origin.coordinates["sequence"])
     assert first.workflow == "order-received"
     assert first.idempotency_key == f"listener:{definition.job_id}:{stream}/1"
-    assert first.origin.kind == "listener" and first.origin.job_id == definition.job_id
+    assert first.origin.kind == "listener"
+    assert first.origin.job_id == definition.job_id
     assert first.origin.coordinates == {
         "subject": f"{prefix}.created",
         "stream": stream,
@@ -80,7 +81,9 @@ async def test_each_message_starts_one_workflow_and_is_acked_after(
     )
     assert consumer.num_pending == 0
     [slot] = _slots(supervisor)
-    assert slot["state"] == "Running" and slot["published"] == 300 and slot["slot"] == 0
+    assert slot["state"] == "Running"
+    assert slot["published"] == 300
+    assert slot["slot"] == 0
 
 
 async def test_a_restart_neither_refires_nor_misses(
@@ -136,7 +139,8 @@ async def test_poison_goes_to_the_dead_letter_stream_with_its_reason(
     assert "5002 bytes" in next(d.detail for d in dead if d.reason == "too_large")
     assert [s.input["body"] for s in starts] == [{"ok": True}]  # type: ignore[index]
     [slot] = _slots(supervisor)
-    assert slot["dead_lettered"] == 3 and slot["published"] == 1
+    assert slot["dead_lettered"] == 3
+    assert slot["published"] == 1
 
 
 async def test_core_subject_in_a_queue_group(
@@ -238,9 +242,8 @@ async def test_an_unknown_secret_fails_the_slot_with_the_secret_named(
     supervisor = listeners.start()
 
     [slot] = await wait_for(lambda: _failed(supervisor), timeout=10, description="slot failed")
-    assert (
-        "remote-nats" in slot["last_error"] and "JOBWIRE_SECRET_REMOTE_NATS" in slot["last_error"]
-    )
+    assert "remote-nats" in slot["last_error"]
+    assert "JOBWIRE_SECRET_REMOTE_NATS" in slot["last_error"]
 
 
 # -- helpers ------------------------------------------------------------------------

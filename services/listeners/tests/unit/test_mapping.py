@@ -58,7 +58,8 @@ def test_a_wrapped_json_message() -> None:
         "source": {"topic": "orders", "partition": 0, "offset": 7},
     }
     assert command.idempotency_key == "listener:job-1:orders/0/7"
-    assert command.origin.kind == "listener" and command.origin.job_name == "orders"
+    assert command.origin.kind == "listener"
+    assert command.origin.job_name == "orders"
     assert command.correlation_id is None
 
 
@@ -109,7 +110,8 @@ def test_poison(body: bytes, mode: str, reason: str, detail: str) -> None:
     poison = start_workflow(_trigger(body), DEFINITION, _params(body=mode))
 
     assert isinstance(poison, Poison)
-    assert poison.reason == reason and detail in poison.detail
+    assert poison.reason == reason
+    assert detail in poison.detail
 
 
 def test_a_source_verdict_wins() -> None:

@@ -10,9 +10,9 @@ command (or dead letter) of the batch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -20,6 +20,7 @@ from nats.errors import MaxPayloadError
 from nats.js.api import ObjectStoreConfig
 from nats.js.errors import BucketNotFoundError
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind
 
 from jobwire.contracts.deadletter import DeadLetter
@@ -49,6 +50,23 @@ errors_counter = meter.create_counter(
 )
 batch_seconds = meter.create_histogram(
     "jobwire.listener.batch.duration", unit="s", description="receive-to-ack time of a batch"
+)
+
+# Every live runner, for the lag gauge (read at each metrics export).
+_runners: weakref.WeakSet[SlotRunner] = weakref.WeakSet()
+
+
+def _observe_lag(_: CallbackOptions) -> Iterable[Observation]:
+    for runner in list(_runners):
+        lag = runner.lag()
+        if lag is not None:
+            yield Observation(lag, {**runner._labels, "slot": runner.slot})
+
+
+meter.create_observable_gauge(
+    "jobwire.listener.lag",
+    callbacks=[_observe_lag],
+    description="triggers waiting in the source, where the source can tell",
 )
 
 # Room the envelope and headers of a dead letter need besides its payload.
@@ -101,12 +119,16 @@ class SlotRunner:
         )
         self._labels = {"job": definition.job_name, "type": definition.job_type}
         self._failures = 0
+        _runners.add(self)
+
+    def lag(self) -> int | None:
+        try:
+            return self.source.lag()
+        except Exception:  # an estimate must not break status or metrics
+            return None
 
     def status(self) -> ListenerSlotStatus:
         stats = self.stats
-        lag = None
-        with contextlib.suppress(Exception):  # a source's estimate must not break status
-            lag = self.source.lag()
         return ListenerSlotStatus(
             job_id=self.definition.job_id,
             job_name=self.definition.job_name,
@@ -119,7 +141,7 @@ class SlotRunner:
             dead_lettered=stats.dead_lettered,
             errors=stats.errors,
             last_error=stats.last_error,
-            lag=lag,
+            lag=self.lag(),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
