@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
 
 from jobwire.contracts.listeners import ListenerSlotStatus
+from jobwire.listeners.settings import ListenersSettings
+from jobwire.runtime.broker import Broker
+from jobwire.runtime.health import Readiness
 from jobwire.runtime.hosts import live_hosts
 from jobwire.testing import wait_for
 from jobwire.testing.fleet import Fleet, Instance
@@ -206,3 +210,184 @@ async def _count(listeners: Listeners, count: int):  # type: ignore[no-untyped-d
 
 async def _dead(listeners: Listeners):  # type: ignore[no-untyped-def]
     return await listeners.dead_letters() or None
+
+
+# -- Kafka --------------------------------------------------------------------------
+
+KAFKA_TEST_TUNING = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
+
+
+def kafka_params(bootstrap: str, topic: str) -> dict[str, Any]:
+    return {
+        "workflow": "order",
+        "bootstrap_servers": [bootstrap],
+        "topics": [topic],
+        "start_from": "earliest",
+        **KAFKA_TEST_TUNING,
+    }
+
+
+async def produce(bootstrap: str, topic: str, first: int, count: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        sends = [
+            await producer.send(topic, json.dumps({"n": n}).encode(), key=str(n).encode())
+            for n in range(first, first + count)
+        ]
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+
+async def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """Sum of the group's committed offsets (Tansu's admin client cannot list them)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        total = 0
+        for partition in range(partitions):
+            total += await consumer.committed(TopicPartition(topic, partition)) or 0
+        return total
+    finally:
+        await consumer.stop()
+
+
+async def test_sigkill_mid_batch_with_10000_kafka_messages_loses_and_duplicates_none(
+    listeners: Listeners,
+    fleet: Fleet,
+    nats_url: str,
+    namespace: str,
+    kafka_bootstrap: str,
+    kafka_topic_factory: Any,
+) -> None:
+    """10,000 records flow through a Kafka listener (replicas = 1, two instances);
+    the owner is SIGKILLed in the middle. The standby resumes from the committed
+    offsets: what the victim published but had not committed comes again and is
+    dropped by JetStream's de-duplication."""
+    total, partitions = 10_000, 4
+    topic = await kafka_topic_factory(partitions=partitions)
+    definition = await listeners.define("kafka-subscriber", kafka_params(kafka_bootstrap, topic))
+    fast = {"JOBWIRE_LISTENERS__LEASE_TTL_SECONDS": "4", "JOBWIRE_LISTENERS__POLL_SECONDS": "1"}
+    instances = [fleet.start(nats_url, **fast), fleet.start(nats_url, **fast)]
+    js = listeners.broker.js
+
+    with fleet.explained():
+        for instance in instances:
+            await fleet.ready(instance)
+        first = await wait_for(
+            lambda: owner(js, namespace, definition.job_id), timeout=30, description="an owner"
+        )
+        producer = asyncio.create_task(_trickle(kafka_bootstrap, topic, total))
+        await wait_for(lambda: _count(listeners, 3000), timeout=60, description="3,000 in")
+        fleet.kill(_instance(fleet, first))
+        killed_at = time.monotonic()
+        await producer
+        await wait_for(
+            lambda: _new_owner(js, namespace, definition.job_id, first),
+            timeout=30,
+            description="the standby running the listener",
+        )
+        takeover = time.monotonic() - killed_at
+        starts = await wait_for(
+            lambda: _count(listeners, total), timeout=90, description=f"{total} starts"
+        )
+        await wait_for(
+            lambda: _equals(
+                committed(kafka_bootstrap, f"jobwire-{definition.job_id}", topic, partitions), total
+            ),
+            timeout=30,
+            description="every offset committed",
+        )
+
+    keys = [s.idempotency_key for s in starts]
+    assert len(keys) == len(set(keys)) == total
+    assert sorted(s.input["body"]["n"] for s in starts) == list(range(total))  # type: ignore[index]
+    print(
+        f"\nkafka: {total} records, owner SIGKILLed after ≥3,000; standby running after "
+        f"{takeover:.1f} s (lease TTL 4 s); {len(set(keys))} StartWorkflow, none twice"
+    )
+
+
+async def test_a_10_second_nats_outage_pauses_without_committing_and_loses_nothing(
+    nats_server_factory: Any,
+    fleet: Fleet,
+    namespace: str,
+    kafka_bootstrap: str,
+    kafka_topic_factory: Any,
+) -> None:
+    """NATS (a private server) stops for 10 s while records keep arriving. The
+    listener cannot publish, so it commits nothing; when NATS is back every record
+    starts its workflow, each once."""
+    from conftest import Listeners as Harness
+
+    server = nats_server_factory()
+    broker = await _broker(server.url, namespace)
+    harness = Harness(broker, namespace)
+    partitions = 2
+    topic = await kafka_topic_factory(partitions=partitions)
+    definition = await harness.define("kafka-subscriber", kafka_params(kafka_bootstrap, topic))
+    group = f"jobwire-{definition.job_id}"
+    instance = fleet.start(
+        server.url,
+        JOBWIRE_NATS__RECONNECT_WAIT_SECONDS="1",
+        JOBWIRE_NATS__CONNECT_TIMEOUT_SECONDS="1",
+    )
+    try:
+        with fleet.explained():
+            await fleet.ready(instance)
+            await produce(kafka_bootstrap, topic, 0, 500)
+            await wait_for(lambda: _count(harness, 500), timeout=60, description="500 in")
+            await wait_for(
+                lambda: _equals(committed(kafka_bootstrap, group, topic, partitions), 500),
+                timeout=20,
+                description="500 committed",
+            )
+
+            server.stop()
+            stopped = time.monotonic()
+            await produce(kafka_bootstrap, topic, 500, 1500)
+            # The scenario: NATS stays down 10 s. Meanwhile nothing may be committed.
+            while time.monotonic() - stopped < 10:
+                assert await committed(kafka_bootstrap, group, topic, partitions) == 500
+                await asyncio.sleep(1.0)
+            server.start()
+            await broker.connect()  # the harness's own connection, back on the same port
+
+            starts = await wait_for(
+                lambda: _count(harness, 2000),
+                timeout=90,
+                description="2,000 starts after the outage",
+            )
+            await wait_for(
+                lambda: _equals(committed(kafka_bootstrap, group, topic, partitions), 2000),
+                timeout=30,
+                description="all committed",
+            )
+    finally:
+        await broker.close()
+
+    keys = [s.idempotency_key for s in starts]
+    assert len(keys) == len(set(keys)) == 2000
+    assert sorted(s.input["body"]["n"] for s in starts) == list(range(2000))  # type: ignore[index]
+
+
+async def _trickle(bootstrap: str, topic: str, total: int, batch: int = 250) -> None:
+    """Records arrive over several seconds, not at once: the kill lands mid-flow."""
+    for first in range(0, total, batch):
+        await produce(bootstrap, topic, first, batch)
+        await asyncio.sleep(0.1)
+
+
+async def _equals(value: Any, expected: int) -> bool:
+    return await value == expected
+
+
+async def _broker(url: str, namespace: str) -> Broker:
+    settings = ListenersSettings(nats={"url": url}, namespace=namespace)
+    broker = Broker(settings, source="/jobwire/listeners/tests", readiness=Readiness())
+    await broker.connect()
+    await broker.ensure_streams()
+    return broker
