@@ -26,6 +26,7 @@ from jobwire.contracts.job_types import (
 )
 from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.listeners import (
+    EmailListenerParams,
     FileListenerParams,
     KafkaSubscriberParams,
     ListenerDefinition,
@@ -33,6 +34,7 @@ from jobwire.contracts.listeners import (
     ListenerSlotStatus,
     MessageBusListenerParams,
     MessageInput,
+    ServiceBusListenerParams,
 )
 from jobwire.contracts.objects import EmailAddress, EmailObject, FileObject, StorageKind
 from jobwire.contracts.runs import (
@@ -68,6 +70,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterSource",
     "EmailAddress",
+    "EmailListenerParams",
     "EmailObject",
     "Envelope",
     "FileListenerParams",
@@ -93,6 +96,7 @@ __all__ = [
     "RunSkipped",
     "RunStarted",
     "RunStatus",
+    "ServiceBusListenerParams",
     "SkipReason",
     "StartWorkflow",
     "StartWorkflowParams",

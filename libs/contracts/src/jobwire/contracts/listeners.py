@@ -211,6 +211,108 @@ class FileListenerParams(ListenerParams):
     batch_max_files: int = Field(default=500, ge=1, le=10_000)
 
 
+@job_params("servicebus-listener")
+class ServiceBusListenerParams(_MessageListenerParams):
+    """Start a workflow for every message of an Azure Service Bus queue or subscription.
+
+    Peek-lock: a message is completed only after JetStream stored its
+    StartWorkflow, abandoned when that cannot be done now, and dead-lettered
+    (with reason and description) when it can never be. Identified by its
+    message id (or sequence number when it has none).
+    """
+
+    scalable: ClassVar[bool] = True
+
+    connection_string: SecretName | None = Field(
+        default=None, description="Secret holding the namespace's connection string."
+    )
+    fully_qualified_namespace: str | None = Field(
+        default=None,
+        description="`<name>.servicebus.windows.net`, with `sas_key_name` and `sas_key`, "
+        "instead of a connection string.",
+    )
+    sas_key_name: str | None = Field(default=None, description="Shared access policy name.")
+    sas_key: SecretName | None = Field(
+        default=None, description="Secret holding the shared access policy's key."
+    )
+    queue: str | None = Field(default=None, description="Queue to receive from.")
+    topic: str | None = Field(default=None, description="Topic, with `subscription`.")
+    subscription: str | None = Field(default=None, description="Subscription of `topic`.")
+    prefetch: int = Field(
+        default=0, ge=0, le=10_000, description="Messages the client fetches ahead (locked)."
+    )
+    max_lock_renewal_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="Locks of received messages are renewed while handled, up to this long.",
+    )
+    max_wait_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="Longest wait of one receive."
+    )
+
+    @model_validator(mode="after")
+    def _entity_and_credentials(self) -> Self:
+        if bool(self.queue) == bool(self.topic):
+            raise ValueError("set either queue or topic (with subscription)")
+        if bool(self.topic) != bool(self.subscription):
+            raise ValueError("topic and subscription go together")
+        by_key = (self.fully_qualified_namespace, self.sas_key_name, self.sas_key)
+        if bool(self.connection_string) == any(by_key):
+            raise ValueError(
+                "set either connection_string or fully_qualified_namespace with "
+                "sas_key_name and sas_key"
+            )
+        if any(by_key) and not all(by_key):
+            raise ValueError("fully_qualified_namespace, sas_key_name and sas_key go together")
+        return self
+
+
+@job_params("email-listener")
+class EmailListenerParams(ListenerParams):
+    """Start a workflow for every new email in an IMAP folder.
+
+    The workflow gets an EmailObject: headers, text and HTML bodies, and the
+    attachments stored in ``attachments`` and referenced as files. A mailbox
+    position (UIDVALIDITY + last UID) is checkpointed, so a restart neither
+    fires an email again nor misses one; afterwards the email is flagged
+    \\Seen and/or moved, as configured.
+    """
+
+    host: str = Field(min_length=1, description="IMAP server host.")
+    port: int | None = Field(
+        default=None, ge=1, le=65_535, description="Empty = 993 with TLS, 143 without."
+    )
+    tls: bool = Field(default=True, description="IMAPS (TLS from the first byte).")
+    ca: SecretName | None = Field(
+        default=None, description="Secret holding CA certificate(s), PEM, to trust."
+    )
+    username: SecretName = Field(description="Secret holding the user name.")
+    password: SecretName = Field(description="Secret holding the password.")
+    folder: str = Field(default="INBOX", min_length=1, description="Folder to watch.")
+    idle: bool = Field(
+        default=True, description="Wait with IMAP IDLE (push); polling is the fallback."
+    )
+    poll_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="Time between checks without IDLE."
+    )
+    mark_seen: bool = Field(default=True, description="Flag handled emails \\Seen.")
+    move_to: str | None = Field(
+        default=None, description="Move handled emails to this folder (created if missing)."
+    )
+    attachments: StorageConfig | None = Field(
+        default=None,
+        description="Where attachments are stored; empty = attachments are not passed on.",
+    )
+    max_message_bytes: int = Field(
+        default=25 * MIB,
+        ge=1,
+        le=64 * MIB,
+        description="A larger email is dead-lettered (the raw message is kept with it).",
+    )
+    batch_max_messages: int = Field(default=50, ge=1, le=1000)
+
+
 class ListenerDefinition(Versioned):
     """One enabled listener job, as the scheduler mirrors it into ``<ns>_listeners``.
 

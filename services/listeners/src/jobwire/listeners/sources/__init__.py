@@ -90,6 +90,8 @@ SOURCES: Mapping[str, str] = {
     "kafka-subscriber": "jobwire.listeners.sources.kafka:KafkaSource",
     "message-bus-listener": "jobwire.listeners.sources.nats:NatsSource",
     "file-listener": "jobwire.listeners.sources.files:FileSource",
+    "servicebus-listener": "jobwire.listeners.sources.servicebus:ServiceBusSource",
+    "email-listener": "jobwire.listeners.sources.imap:ImapSource",
 }
 
 

@@ -1,0 +1,1 @@
+"""pytest fixtures: imap test server (see the module that defines them)."""

@@ -1,0 +1,1 @@
+"""pytest fixtures: servicebus test server (see the module that defines them)."""
