@@ -29,3 +29,11 @@ def test_every_scheduler_setting_is_documented() -> None:
     for variable, default, description in settings_table(SchedulerSettings):
         if variable.startswith("JOBWIRE_SCHEDULER__"):
             assert f"| `{variable}` | {default} | {description} |" in README, variable
+
+
+def test_every_listeners_setting_is_documented() -> None:
+    from jobwire.listeners.settings import ListenersSettings
+
+    for variable, default, description in settings_table(ListenersSettings):
+        if variable.startswith("JOBWIRE_LISTENERS__"):
+            assert f"| `{variable}` | {default} | {description} |" in README, variable
