@@ -1,4 +1,4 @@
-"""pytest plugin: real PostgreSQL, NATS JetStream and Kafka-protocol servers for tests.
+"""pytest plugin: real PostgreSQL, NATS JetStream, Kafka-protocol, S3 and Azure Blob servers.
 
 Each server fixture reuses a server already listening at the configured address
 and otherwise starts its own on a free loopback port in a temporary directory,
@@ -11,12 +11,26 @@ needs it:
     NATS with JetStream to reuse (default ``nats://127.0.0.1:4222``).
 ``JOBWIRE_TEST_KAFKA_BOOTSTRAP``
     Kafka-protocol broker to reuse (no default: a Tansu broker is started).
+``JOBWIRE_TEST_S3_ENDPOINT``
+    S3 server to reuse, e.g. ``http://127.0.0.1:8333``, with
+    ``JOBWIRE_TEST_S3_ACCESS_KEY`` / ``JOBWIRE_TEST_S3_SECRET_KEY`` (no default:
+    SeaweedFS is started).
+``JOBWIRE_TEST_AZURE_BLOB_CONNECTION_STRING``
+    Azure Blob account to reuse (no default: Azurite is started, installed from
+    npm into ``.jobwire/node`` on first use).
 ``JOBWIRE_TEST_START_SERVERS=1``
     Start our own servers even if the above listen: the fresh-machine path.
 
 Per-test isolation comes from unique names, not from separate servers: a fresh
-database per test (``database_url``), a subject/stream namespace (``namespace``)
-and a topic (``kafka_topic``), each removed after the test.
+database per test (``database_url``), a subject/stream namespace (``namespace``),
+a topic (``kafka_topic``), a bucket (``s3_bucket``) and a container
+(``azure_container``), each removed after the test.
+
+Storage contract tests take ``storage_config``: parametrised over ``local``,
+``s3`` and ``azure-blob``, it gives a :class:`StorageSetup` (config + secrets)
+for a fresh directory, bucket or container, so a test written once runs per
+adapter. ``local_storage_config``, ``s3_storage_config`` and
+``azure_blob_storage_config`` give one kind each.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import nats
@@ -36,16 +50,35 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 
+from jobwire.contracts.storage import (
+    AzureBlobStorageConfig,
+    LocalStorageConfig,
+    S3StorageConfig,
+    StorageConfig,
+)
 from jobwire.runtime.embedded import NatsServer, PostgresServer, is_listening
+from jobwire.runtime.secrets import Secrets, variable_name
 from jobwire.testing.databases import scratch_database
 from jobwire.testing.jetstream import purge_namespace
 from jobwire.testing.kafka import TansuBroker, create_topic, delete_topics
+from jobwire.testing.storage_servers import (
+    AzuriteServer,
+    S3Endpoint,
+    SeaweedS3Server,
+    create_bucket,
+    create_container,
+    delete_bucket,
+    delete_container,
+)
 
 __all__ = [
+    "STORAGE_PREFIX",
     "HarnessSettings",
     "KafkaTopicFactory",
     "NatsServerFactory",
     "PostgresServerFactory",
+    "S3Endpoint",
+    "StorageSetup",
 ]
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -57,6 +90,11 @@ class HarnessSettings:
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     nats_url: str = "nats://127.0.0.1:4222"
     kafka_bootstrap: str | None = None
+    s3_endpoint: str | None = None
+    # A reused S3 server without authentication accepts any keys.
+    s3_access_key: str = "jobwire-tests"
+    s3_secret_key: str = "jobwire-tests"  # noqa: S105 (a placeholder, not a secret)
+    azure_blob_connection_string: str | None = None
     start_servers: bool = False
 
     @classmethod
@@ -66,6 +104,12 @@ class HarnessSettings:
             database_url=environ.get("JOBWIRE_TEST_DATABASE_URL") or defaults.database_url,
             nats_url=environ.get("JOBWIRE_TEST_NATS_URL") or defaults.nats_url,
             kafka_bootstrap=environ.get("JOBWIRE_TEST_KAFKA_BOOTSTRAP") or None,
+            s3_endpoint=environ.get("JOBWIRE_TEST_S3_ENDPOINT") or None,
+            s3_access_key=environ.get("JOBWIRE_TEST_S3_ACCESS_KEY") or defaults.s3_access_key,
+            s3_secret_key=environ.get("JOBWIRE_TEST_S3_SECRET_KEY") or defaults.s3_secret_key,
+            azure_blob_connection_string=(
+                environ.get("JOBWIRE_TEST_AZURE_BLOB_CONNECTION_STRING") or None
+            ),
             start_servers=environ.get("JOBWIRE_TEST_START_SERVERS", "").lower() in _TRUE,
         )
 
@@ -297,3 +341,151 @@ async def kafka_topic(
     else:
         partitions = int(getattr(request, "param", 1))
     return await kafka_topic_factory(partitions)
+
+
+# ------------------------------------------------------------------- storage
+
+# Every storage_config uses this prefix, so contract tests also check that paths
+# are relative to it.
+STORAGE_PREFIX = "jobwire-tests/"
+
+
+class StorageSetup(NamedTuple):
+    """What ``open_storage`` takes: a storage's configuration and the secrets it names."""
+
+    config: StorageConfig
+    secrets: Secrets
+
+
+def _web_port(url: str) -> int:
+    return 443 if url.startswith("https:") else 80
+
+
+def _secrets(values: Mapping[str, str]) -> Secrets:
+    return Secrets(None, {variable_name(name): value for name, value in values.items()})
+
+
+@pytest.fixture(scope="session")
+def s3_server(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    jobwire_harness_settings: HarnessSettings,
+) -> Iterator[S3Endpoint]:
+    """URL and keys of an S3 server: SeaweedFS (not AWS) unless one is configured."""
+    settings = jobwire_harness_settings
+    configured = settings.s3_endpoint
+    if configured and not settings.start_servers and _listening(configured, _web_port(configured)):
+        _record(request.config, f"S3: reused {configured}")
+        yield S3Endpoint(configured, settings.s3_access_key, settings.s3_secret_key)
+        return
+    with SeaweedS3Server(tmp_path_factory.mktemp("seaweedfs")) as server:
+        _record(
+            request.config, f"S3: started SeaweedFS at {server.endpoint.url} (pid {server.pid})"
+        )
+        yield server.endpoint
+
+
+def _blob_endpoint(connection_string: str) -> str | None:
+    for part in connection_string.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip().lower() == "blobendpoint":
+            return value.strip()
+    return None
+
+
+@pytest.fixture(scope="session")
+def azurite_server(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    jobwire_harness_settings: HarnessSettings,
+) -> Iterator[str]:
+    """Connection string of an Azure Blob account: Azurite (not Azure) unless one is configured."""
+    settings = jobwire_harness_settings
+    configured = settings.azure_blob_connection_string
+    if configured and not settings.start_servers:
+        endpoint = _blob_endpoint(configured)
+        # Without a BlobEndpoint the string names a cloud account: nothing to probe.
+        if endpoint is None or _listening(endpoint, _web_port(endpoint)):
+            _record(request.config, f"Azure Blob: reused {endpoint or 'the configured account'}")
+            yield configured
+            return
+    with AzuriteServer(tmp_path_factory.mktemp("azurite")) as server:
+        _record(
+            request.config, f"Azure Blob: started Azurite on port {server.port} (pid {server.pid})"
+        )
+        yield server.connection_string
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def s3_bucket(s3_server: S3Endpoint) -> AsyncIterator[str]:
+    """A unique, empty bucket; deleted with its objects after the test."""
+    bucket = await create_bucket(s3_server)
+    try:
+        yield bucket
+    finally:
+        await delete_bucket(s3_server, bucket)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def azure_container(azurite_server: str) -> AsyncIterator[str]:
+    """A unique, empty container; deleted with its blobs after the test."""
+    container = await create_container(azurite_server)
+    try:
+        yield container
+    finally:
+        await delete_container(azurite_server, container)
+
+
+@pytest.fixture
+def local_storage_config(tmp_path: Path) -> StorageSetup:
+    """Local storage in a fresh directory, under :data:`STORAGE_PREFIX`."""
+    root = tmp_path / "storage"
+    root.mkdir()
+    return StorageSetup(
+        LocalStorageConfig(root=str(root), prefix=STORAGE_PREFIX), Secrets(None, {})
+    )
+
+
+@pytest.fixture
+def s3_storage_config(s3_server: S3Endpoint, s3_bucket: str) -> StorageSetup:
+    """S3 storage on a fresh bucket, under :data:`STORAGE_PREFIX`; keys passed as secrets."""
+    config = S3StorageConfig(
+        bucket=s3_bucket,
+        endpoint_url=s3_server.url,
+        region=s3_server.region,
+        access_key_id="s3-access-key",
+        secret_access_key="s3-secret-key",  # noqa: S106 (the secret's name)
+        prefix=STORAGE_PREFIX,
+    )
+    secrets = _secrets(
+        {"s3-access-key": s3_server.access_key, "s3-secret-key": s3_server.secret_key}
+    )
+    return StorageSetup(config, secrets)
+
+
+@pytest.fixture
+def azure_blob_storage_config(azurite_server: str, azure_container: str) -> StorageSetup:
+    """Azure Blob storage on a fresh container, under :data:`STORAGE_PREFIX`."""
+    config = AzureBlobStorageConfig(
+        container=azure_container,
+        connection_string="azure-blob-connection-string",
+        prefix=STORAGE_PREFIX,
+    )
+    return StorageSetup(config, _secrets({"azure-blob-connection-string": azurite_server}))
+
+
+_STORAGE_FIXTURES = {
+    "local": "local_storage_config",
+    "s3": "s3_storage_config",
+    "azure-blob": "azure_blob_storage_config",
+}
+
+
+@pytest.fixture(params=list(_STORAGE_FIXTURES))
+def storage_config(request: pytest.FixtureRequest) -> StorageSetup:
+    """One storage per parameter (``local``, ``s3``, ``azure-blob``), fresh for the test.
+
+    Servers start only for the kinds a run selects (``-k local`` starts none).
+    """
+    setup: StorageSetup = request.getfixturevalue(_STORAGE_FIXTURES[request.param])
+    return setup
