@@ -69,7 +69,13 @@ class Listeners:
         except BucketNotFoundError:
             return await self.broker.js.create_key_value(KeyValueConfig(bucket=bucket))
 
-    def start(self, *, environ: Mapping[str, str] | None = None, **options: Any) -> Supervisor:
+    def start(
+        self,
+        *,
+        environ: Mapping[str, str] | None = None,
+        secrets: Secrets | None = None,
+        **options: Any,
+    ) -> Supervisor:
         """One listener instance (a Supervisor) running in this event loop."""
         settings = ListenersSettings(
             namespace=self.namespace,
@@ -88,7 +94,7 @@ class Listeners:
         supervisor = Supervisor(
             self.broker,
             settings.listeners,
-            Secrets(None, environ or {}),
+            secrets or Secrets(None, environ or {}),
             instance_id=settings.instance_id,
             factories=source_factory,
             status={},

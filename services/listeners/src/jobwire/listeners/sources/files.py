@@ -116,6 +116,7 @@ class FileSource:
         now = time.monotonic()
         settle = self.params.stable_seconds
         finish: list[StoredFile] = []
+        ready: list[StoredFile] = []
         for stored in page:
             path = stored.path
             if path.startswith(self.params.processed_prefix):
@@ -133,9 +134,27 @@ class FileSource:
             if now - seen.since < settle:
                 self._waiting += 1
                 continue
-            self._ready.append(self._trigger(stored))
+            ready.append(stored)
         if finish:
             await self._finish(finish)
+        self._ready += [self._trigger(stored) for stored in await self._described(ready)]
+
+    async def _described(self, files: list[StoredFile]) -> list[StoredFile]:
+        """Files with content type and metadata: S3 listings carry neither, so
+        those are asked for one by one (a HEAD each, several at once)."""
+        storage = self._storage
+        assert storage is not None
+        gate = asyncio.Semaphore(_CONCURRENCY)
+
+        async def described(stored: StoredFile) -> StoredFile:
+            if stored.content_type is not None:
+                return stored
+            async with gate:
+                found = await storage.stat(stored.path)
+            # Gone or rewritten since the listing: the next scan sees it as it is now.
+            return found if found is not None and found.etag == stored.etag else stored
+
+        return list(await asyncio.gather(*(described(f) for f in files)))
 
     def _trigger(self, stored: StoredFile) -> Trigger:
         assert self._storage is not None
