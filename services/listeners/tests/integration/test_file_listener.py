@@ -145,3 +145,26 @@ def _scanned(supervisor: Supervisor) -> bool:
 def _failed(supervisor: Supervisor):  # type: ignore[no-untyped-def]
     found = [s for s in supervisor.statuses() if s.last_error]
     return found or None
+
+
+async def test_10000_files_in_one_folder_are_handed_on_as_they_are_listed(
+    listeners: Listeners, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for n in range(10_000):
+        (inbox / f"{n:05}.csv").write_bytes(b"x")
+    await listeners.define(
+        "file-listener",
+        _params(tmp_path, storage={"kind": "local", "root": str(inbox)}, batch_max_files=500),
+    )
+    listeners.start()
+
+    await _starts(listeners, 1)
+    # Incremental: the first workflows start while most files are still unlisted.
+    assert len(list(inbox.glob("*.csv"))) > 5_000
+    starts = await _starts(listeners, 10_000, timeout=120)
+
+    assert len({s.idempotency_key for s in starts}) == len(starts) == 10_000
+    await wait_for(lambda: not any(inbox.glob("*.csv")), timeout=30, description="every file moved")
+    assert len(list((inbox / "processed").iterdir())) == 10_000
