@@ -82,6 +82,7 @@ class Listeners:
             instance_id=f"test-{uuid.uuid4().hex[:8]}",
             listeners={"poll_seconds": 0.2, "lease_ttl_seconds": 2, **options},
         )
+        status: dict[str, Any] = {}
         registry = HostRegistry(
             self.broker.js,
             namespace=self.namespace,
@@ -89,7 +90,8 @@ class Listeners:
             instance_id=settings.instance_id,
             host="test",
             version="0",
-            heartbeat_seconds=1,
+            heartbeat_seconds=0.5,
+            status=lambda: status,
         )
         supervisor = Supervisor(
             self.broker,
@@ -97,7 +99,7 @@ class Listeners:
             secrets or Secrets(None, environ or {}),
             instance_id=settings.instance_id,
             factories=source_factory,
-            status={},
+            status=status,
         )
         stop = asyncio.Event()
         index = len(self.supervisors)

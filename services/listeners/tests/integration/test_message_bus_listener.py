@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -213,6 +217,13 @@ async def test_one_replica_runs_the_other_stands_by_and_takes_over(
     await wait_for(
         lambda: _states(second) == ["Suspended"], timeout=10, description="second on standby"
     )
+    shown = await wait_for(
+        lambda: _hosts_table(listeners.namespace, "Suspended"),
+        timeout=10,
+        description="`jobwire hosts` listing both slots",
+    )
+    assert "Running" in shown
+    assert "listener slots" in shown
     for n in range(20):
         await js.publish(f"{prefix}.x", json.dumps(n).encode())
     await wait_for(lambda: _when(listeners.starts(), 20), timeout=10, description="20")
@@ -247,6 +258,20 @@ async def test_an_unknown_secret_fails_the_slot_with_the_secret_named(
 
 
 # -- helpers ------------------------------------------------------------------------
+
+
+async def _hosts_table(namespace: str, needle: str) -> str | None:
+    """What an operator sees: `jobwire hosts`, the real command."""
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("jobwire")),
+        "hosts",
+        env={**os.environ, "JOBWIRE_NAMESPACE": namespace, "COLUMNS": "200"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    text = output.decode()
+    return text if needle in text else None
 
 
 async def _when(coro, count: int):  # type: ignore[no-untyped-def]

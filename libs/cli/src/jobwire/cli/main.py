@@ -102,6 +102,8 @@ def hosts() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from jobwire.contracts.hosts import HostInfo
+    from jobwire.contracts.listeners import ListenerSlotStatus
     from jobwire.runtime.broker import Broker
     from jobwire.runtime.hosts import live_hosts
     from jobwire.runtime.settings import ServiceSettings, SettingsError, load_settings
@@ -112,38 +114,71 @@ def hosts() -> None:
         typer.echo(f"jobwire hosts: {exc}", err=True)
         raise typer.Exit(SettingsError.exit_code) from None
 
-    async def fetch() -> list[list[str]]:
+    async def fetch() -> list[HostInfo]:
         broker = Broker(settings, source="/jobwire/cli")
         stop = asyncio.Event()
-        stop.set()  # one attempt only: a CLI should fail fast, not retry forever
+        # A CLI should fail fast, not retry forever: give up once one attempt
+        # could have finished (a stop set before connecting would not even try).
+        limit = settings.nats.connect_timeout_seconds + 0.5
+        asyncio.get_running_loop().call_later(limit, stop.set)
         await broker.connect(stop)
         try:
-            found = await live_hosts(broker.js, settings.namespace)
+            return await live_hosts(broker.js, settings.namespace)
         finally:
             await broker.close()
-        return [
-            [
-                h.service,
-                h.host,
-                h.instance_id,
-                h.jobwire_version,
-                "yes" if h.ready else "no",
-                h.started_at.isoformat(timespec="seconds"),
-                h.heartbeat_at.isoformat(timespec="seconds"),
-            ]
-            for h in found
-        ]
 
     from jobwire.runtime.broker import redact
     from jobwire.runtime.waits import Stopped
 
     try:
-        rows = asyncio.run(fetch())
+        found = asyncio.run(fetch())
     except Stopped:
         shown = ", ".join(redact(url) for url in settings.nats.servers)
         typer.echo(f"jobwire hosts: NATS unreachable at {shown}", err=True)
         raise typer.Exit(1) from None
     table = Table("service", "host", "instance", "version", "ready", "started", "heartbeat")
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
+    for h in found:
+        table.add_row(
+            h.service,
+            h.host,
+            h.instance_id,
+            h.jobwire_version,
+            "yes" if h.ready else "no",
+            h.started_at.isoformat(timespec="seconds"),
+            h.heartbeat_at.isoformat(timespec="seconds"),
+        )
+    console = Console()
+    console.print(table)
+    slots = [
+        (h, ListenerSlotStatus.model_validate(raw))
+        for h in found
+        for raw in h.status.get("listeners", [])
+    ]
+    if slots:
+        listeners = Table(
+            "listener",
+            "slot",
+            "state",
+            "host",
+            "received",
+            "published",
+            "dead",
+            "errors",
+            "lag",
+            "last error",
+            title="listener slots",
+        )
+        for h, s in sorted(slots, key=lambda hs: (hs[1].job_name, hs[1].slot or -1)):
+            listeners.add_row(
+                s.job_name,
+                "-" if s.slot is None else str(s.slot),
+                s.state,
+                h.host,
+                str(s.received),
+                str(s.published),
+                str(s.dead_lettered),
+                str(s.errors),
+                "-" if s.lag is None else str(s.lag),
+                s.last_error or "",
+            )
+        console.print(listeners)

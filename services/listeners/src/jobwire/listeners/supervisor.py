@@ -123,9 +123,14 @@ class Supervisor:
                 entry = await kv.get(key)
             except KeyNotFoundError:
                 continue
-            if entry.value:
+            if not entry.value:
+                continue
+            try:
                 definition = ListenerDefinition.model_validate_json(entry.value)
-                found[definition.job_id] = definition
+            except ValidationError as exc:  # one bad entry must not stop the others
+                log.error("listeners.definition_unreadable", key=key, error=describe(exc))
+                continue
+            found[definition.job_id] = definition
         return found
 
     async def _renew(self) -> None:
