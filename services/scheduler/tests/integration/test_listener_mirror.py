@@ -54,15 +54,18 @@ async def test_enabled_listener_jobs_are_mirrored_and_others_removed(make_schedu
     assert await mirror.sync() == 1
     [(key, mirrored)] = (await _mirrored(harness)).items()
     assert key == str(job.id)
-    assert mirrored.job_name == "orders from kafka" and mirrored.replicas == 2
-    assert mirrored.job_type == "kafka-subscriber" and mirrored.params["topics"] == ["orders"]
+    assert mirrored.job_name == "orders from kafka"
+    assert mirrored.replicas == 2
+    assert mirrored.job_type == "kafka-subscriber"
+    assert mirrored.params["topics"] == ["orders"]
     assert await mirror.sync() == 0  # nothing changed: nothing written
 
     changed = parse_definition({**LISTENER, "params": {**LISTENER["params"], "topics": ["o2"]}})
     await store.update(job.name, changed, job.version, now)
     await mirror.sync()
     [mirrored] = (await _mirrored(harness)).values()
-    assert mirrored.params["topics"] == ["o2"] and mirrored.job_version == job.version + 1
+    assert mirrored.params["topics"] == ["o2"]
+    assert mirrored.job_version == job.version + 1
 
     for off, on in [
         (

@@ -97,7 +97,8 @@ LISTENER = {
 def test_a_listener_job_has_no_schedule_and_may_scale_where_its_source_can() -> None:
     definition = parse_definition({**LISTENER, "replicas": 3})
 
-    assert definition.replicas == 3 and definition.schedule is None
+    assert definition.replicas == 3
+    assert definition.schedule is None
 
 
 @pytest.mark.parametrize(
@@ -116,7 +117,8 @@ def test_listener_definitions_are_refused_naming_the_field(
         parse_definition({**LISTENER, **overrides})
 
     [(where, what)] = caught.value.problems
-    assert where == field and message in what
+    assert where == field
+    assert message in what
 
 
 def test_only_scalable_listeners_take_more_than_one_replica() -> None:

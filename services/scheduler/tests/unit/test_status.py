@@ -4,7 +4,13 @@ from dataclasses import replace
 
 import pytest
 
-from jobwire.scheduler.domain.status import JobFacts, JobStatus, job_status
+from jobwire.scheduler.domain.status import (
+    JobFacts,
+    JobStatus,
+    SlotFacts,
+    job_status,
+    listener_status,
+)
 
 IDLE = JobFacts(
     enabled=True,
@@ -43,3 +49,39 @@ LIVE = frozenset({"node-a"})
 )
 def test_status_is_derived_from_facts(facts: JobFacts, status: JobStatus) -> None:
     assert job_status(facts, LIVE) == status
+
+
+# -- listener jobs: status from the slots instances report ----------------------------
+
+LISTENER = JobFacts(
+    enabled=True,
+    group_enabled=True,
+    paused=False,
+    dispatched=0,
+    running_hosts=(),
+    queued=0,
+    version=3,
+    oldest_active_version=None,
+)
+
+
+@pytest.mark.parametrize(
+    ("slots", "expected"),
+    [
+        ([], JobStatus.READY),
+        ([SlotFacts("a", "Suspended", 3)], JobStatus.SUSPENDED),
+        ([SlotFacts("a", "Running", 3), SlotFacts("b", "Suspended", 3)], JobStatus.RUNNING),
+        ([SlotFacts("a", "Running", 2)], JobStatus.RECYCLE_PENDING),
+        ([SlotFacts("a", "RecyclePending", 3)], JobStatus.RECYCLE_PENDING),
+        ([SlotFacts("a", "Failed", 3), SlotFacts("b", "Suspended", 3)], JobStatus.FAILING),
+        ([SlotFacts("a", "Failed", 3), SlotFacts("b", "Running", 3)], JobStatus.RUNNING),
+    ],
+)
+def test_listener_status(slots: list[SlotFacts], expected: JobStatus) -> None:
+    assert listener_status(LISTENER, slots) == expected
+
+
+def test_a_disabled_or_paused_listener() -> None:
+    running = [SlotFacts("a", "Running", 3)]
+    assert listener_status(replace(LISTENER, enabled=False), running) == JobStatus.DISABLED
+    assert listener_status(replace(LISTENER, paused=True), running) == JobStatus.PAUSED

@@ -6,6 +6,7 @@ the host registry, at the moment someone looks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -18,7 +19,8 @@ class JobStatus(StrEnum):
     RUNNING = "Running"  # a run is dispatched or running on a live host
     RECYCLE_PENDING = "RecyclePending"  # changed while running; the change applies to later runs
     UNKNOWN = "Unknown"  # a run is running on a host that no longer reports
-    SUSPENDED = "Suspended"  # a listener on standby on this host (listener jobs)
+    SUSPENDED = "Suspended"  # a listener on standby: no instance runs it, some stand by
+    FAILING = "Failing"  # a listener that cannot reach its source (error in the host registry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +51,30 @@ def job_status(facts: JobFacts, live_hosts: frozenset[str]) -> JobStatus:
     if facts.queued:
         return JobStatus.QUEUED
     return JobStatus.READY
+
+
+@dataclass(frozen=True, slots=True)
+class SlotFacts:
+    """One listener slot as an instance reports it in the host registry."""
+
+    host: str
+    state: str  # ListenerSlotStatus.state
+    version: int  # the definition version the slot runs
+
+
+def listener_status(facts: JobFacts, slots: Sequence[SlotFacts]) -> JobStatus:
+    """A listener job's status: it has no runs, only slots on live instances."""
+    if not facts.enabled or not facts.group_enabled:
+        return JobStatus.DISABLED
+    if facts.paused:
+        return JobStatus.PAUSED
+    active = [s for s in slots if s.state in ("Starting", "Running", "RecyclePending")]
+    if any(s.state == "RecyclePending" or s.version < facts.version for s in active):
+        return JobStatus.RECYCLE_PENDING
+    if active:
+        return JobStatus.RUNNING
+    if any(s.state == "Failed" for s in slots):
+        return JobStatus.FAILING
+    if any(s.state == "Suspended" for s in slots):
+        return JobStatus.SUSPENDED
+    return JobStatus.READY  # enabled, not (yet) picked up by a listeners instance
