@@ -94,6 +94,18 @@ async def test_dev_starts_servers_keeps_data_and_stops_cleanly(dev_dir: Path) ->
         # Something visibly happens: the sample job fires and the example app prints it.
         printed = dev.read_until("workflow-printer: start 'hello'")
         assert "hello from jobwire" in printed
+        assert re.search(r"listeners\s+http://127.0.0.1:\d+", banner), banner
+        # A file dropped into the sample inbox starts a workflow through the
+        # listeners service (scheduler → KV mirror → listener → JetStream).
+        (tmp_path / "inbox").mkdir(exist_ok=True)
+        (tmp_path / "inbox" / "greeting.txt").write_text("hi")
+        printed = dev.read_until('"path": "greeting.txt"')
+        assert "workflow-printer: start 'hello'" in printed.splitlines()[-1]
+        await wait_for(
+            lambda: (tmp_path / "inbox" / "processed" / "greeting.txt").exists(),
+            timeout=10,
+            description="the sample listener moved the file",
+        )
         nc = await nats.connect(nats_url[1])
         js = nc.jetstream()
         await js.add_stream(name="DEVPROBE", subjects=["devprobe.>"])

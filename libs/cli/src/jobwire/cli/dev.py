@@ -126,7 +126,7 @@ def _run(data: Path, services: dict[str, ServiceSpec], examples: list[str]) -> i
             for offset, (name, spec) in enumerate(services.items()):
                 settings = load_settings(
                     spec.settings,
-                    **spec.dev_overrides,
+                    **spec.dev_overrides(data),
                     nats={"url": nats_url},
                     database_url=database_url,
                     http_port=http_port + offset,

@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -76,8 +77,9 @@ class ServiceSpec:
     migrations: Traversable | None = None
     schema: str | None = None
     routes: Callable[[ServiceContext], Sequence[BaseRoute]] | None = None
-    # Settings `jobwire dev` applies on top of the environment (e.g. a sample job).
-    dev_overrides: dict[str, Any] = field(default_factory=dict)
+    # Settings `jobwire dev` applies on top of the environment (e.g. a sample job),
+    # given the folder it keeps its data in.
+    dev_overrides: Callable[[Path], dict[str, Any]] = lambda _: {}
 
 
 async def run_service(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Sequence
 from datetime import timedelta
 from importlib.resources import files
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.routing import BaseRoute, Mount
@@ -37,6 +38,21 @@ SAMPLE_JOB = {
     "schedule": {"kind": "cron", "expression": "*/5 * * * * *", "timezone": "UTC"},
     "params": {"workflow": "hello", "input": {"greeting": "hello from jobwire"}},
 }
+
+
+def sample_listener(folder: str) -> dict[str, object]:
+    """A file listener `jobwire dev` creates: drop a file in, see a workflow start."""
+    return {
+        "name": "sample-inbox",
+        "type": "file-listener",
+        "description": "created by `jobwire dev`: a file put in the folder starts `hello`",
+        "params": {
+            "workflow": "hello",
+            "storage": {"kind": "local", "root": folder},
+            "stable_seconds": 1,
+            "poll_seconds": 1,
+        },
+    }
 
 
 class Scheduler:
@@ -75,6 +91,13 @@ class Scheduler:
         if self.options.sample_job:
             with contextlib.suppress(JobExists):  # kept from an earlier run
                 await self.store.create(parse_definition(SAMPLE_JOB), utcnow())
+        if self.options.sample_inbox:
+            folder = Path(self.options.sample_inbox)
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+            with contextlib.suppress(JobExists):
+                await self.store.create(
+                    parse_definition(sample_listener(self.options.sample_inbox)), utcnow()
+                )
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.firer.run(self.stopping))
             tasks.create_task(self.relay.run(self.stopping))
@@ -133,5 +156,7 @@ spec = ServiceSpec(
     migrations=files("jobwire.scheduler") / "migrations",
     schema="scheduler",
     routes=routes,
-    dev_overrides={"scheduler": {"sample_job": True}},
+    dev_overrides=lambda data: {
+        "scheduler": {"sample_job": True, "sample_inbox": str(data / "inbox")}
+    },
 )

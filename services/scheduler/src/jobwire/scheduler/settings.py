@@ -25,6 +25,9 @@ class SchedulerOptions(BaseModel):
     sample_job: bool = Field(
         False, description="create a sample start-workflow job (used by `jobwire dev`)"
     )
+    sample_inbox: str | None = Field(
+        None, description="create a sample file listener on this folder (used by `jobwire dev`)"
+    )
 
 
 class SchedulerSettings(ServiceSettings):
