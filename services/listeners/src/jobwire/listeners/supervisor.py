@@ -223,6 +223,13 @@ class Supervisor:
     async def _stop(self, held: HeldSlot, *, release: bool, why: str) -> None:
         held.stop.set()
         if held.task is not None:
+            # A runner finishes its batch first; a source call that hangs (an SDK
+            # waiting on a dead peer) must not keep the slot, or shutdown, forever.
+            limit = self.options.publish_timeout_seconds + self.options.open_timeout_seconds
+            done, _ = await asyncio.wait({held.task}, timeout=limit)
+            if not done:
+                log.warning("listeners.slot_stop_forced", job=held.definition.job_name)
+                held.task.cancel()
             await asyncio.gather(held.task, return_exceptions=True)
         self.held.pop(held.key, None)
         if release:
