@@ -52,8 +52,12 @@ openapi-check: install ## fail when the committed OpenAPI document differs from 
 bench-api: install ## admin API benchmark (list p99, sustained trigger rate) → bench/results/api.json
 	$(RUN) python bench/api.py --out bench/results/api.json
 
+.PHONY: bench-listeners
+bench-listeners: install ## listener benchmark (Kafka vs bare loop, file listener 10k files) → bench/results/listeners.json
+	$(RUN) python bench/listeners.py --out bench/results/listeners.json
+
 .PHONY: bench
-bench: install bench-scheduler bench-api ## every benchmark → bench/results/*.json
+bench: install bench-scheduler bench-api bench-listeners ## every benchmark → bench/results/*.json
 	$(RUN) python bench/kit_publish.py --out bench/results/kit.json
 
 # The bench group goes into an environment of its own (git-ignored): `make install`
