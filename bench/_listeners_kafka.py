@@ -66,9 +66,9 @@ class KafkaSetup:
 def consumer_options(params: KafkaSubscriberParams, client_id: str) -> dict[str, Any]:
     """What ``KafkaSource.open`` passes to ``AIOKafkaConsumer``, for the bare side.
 
-    Everything else (fetch_max_wait_ms 500, fetch_min_bytes 1, fetch_max_bytes
-    50 MiB, max_partition_fetch_bytes 1 MiB, check_crcs …) is aiokafka's default
-    on both sides: KafkaSource sets none of them.
+    Everything else (fetch_min_bytes 1, fetch_max_bytes 50 MiB,
+    max_partition_fetch_bytes 1 MiB, check_crcs …) is aiokafka's default on both
+    sides: KafkaSource sets none of them.
     """
     session_s = params.session_timeout_ms / 1000
     revoke_wait = min(session_s / 2, kafka_source.REVOKE_WAIT_CAP)
@@ -81,6 +81,7 @@ def consumer_options(params: KafkaSubscriberParams, client_id: str) -> dict[str,
         "auto_offset_reset": params.start_from,
         "session_timeout_ms": params.session_timeout_ms,
         "heartbeat_interval_ms": params.heartbeat_interval_ms,
+        "fetch_max_wait_ms": params.batch_max_wait_ms,
         "rebalance_timeout_ms": rebalance_timeout_ms,
         "request_timeout_ms": max(40_000, rebalance_timeout_ms + 5_000),
         "security_protocol": params.security_protocol,
@@ -278,7 +279,7 @@ def summarize(
         "consumer": {
             "session_timeout_ms": setup.session_timeout_ms,
             "heartbeat_interval_ms": setup.heartbeat_interval_ms,
-            "fetch": "aiokafka defaults on both sides (KafkaSource sets none)",
+            "fetch": "fetch_max_wait_ms = batch_max_wait_ms, else aiokafka defaults, both sides",
         },
         "produce": produced,
         "bare_msgs_per_s": {"best": max(bare), "median": statistics.median(bare), "all": bare},

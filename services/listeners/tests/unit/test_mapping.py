@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from jobwire.contracts.job_types import JobParams
 from jobwire.contracts.listeners import (
     KafkaSubscriberParams,
     ListenerDefinition,
     MessageBusListenerParams,
 )
 from jobwire.contracts.objects import FileObject, StorageKind
-from jobwire.listeners.domain.mapping import Poison, start_workflow
+from jobwire.contracts.workflows import StartWorkflow
+from jobwire.listeners.domain.mapping import Poison, StartWorkflowWriter
 from jobwire.listeners.domain.triggers import Trigger
 
 DEFINITION = ListenerDefinition(
@@ -23,6 +26,20 @@ DEFINITION = ListenerDefinition(
     replicas=1,
     params={},
 )
+
+
+def start_workflow(
+    trigger: Trigger, definition: ListenerDefinition, params: JobParams
+) -> StartWorkflow | Poison:
+    """What the runner publishes, read back through the contract: the written JSON
+    must be a valid StartWorkflow."""
+    written = StartWorkflowWriter(definition, params).write(trigger)  # type: ignore[arg-type]
+    if isinstance(written, Poison):
+        return written
+    key, data = written
+    command = StartWorkflow.model_validate_json(data)
+    assert command.idempotency_key == key
+    return command
 
 
 def _params(**input_: Any) -> KafkaSubscriberParams:
@@ -42,8 +59,7 @@ def _trigger(body: bytes | None = b'{"order": {"id": 42, "ok": true}}', **extra:
         subject="orders",
         body=body,
         message_key=b"k-42",
-        headers={"tenant": "acme"},
-        **extra,
+        **{"headers": {"tenant": "acme"}, **extra},
     )
 
 
@@ -136,3 +152,39 @@ def test_an_object_is_the_input_as_is() -> None:
 def test_correlation_source_is_validated() -> None:
     with pytest.raises(ValueError, match="header:<name>"):
         _params(correlation_id="somewhere")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"name": "J\xc3\xbcrgen \xe2\x82\xac", "emoji": "\xf0\x9f\x93\xa6"}',
+        b'  [1, 2.5, -3e10, null, true, "\\u00e9"]  ',
+        b'"a string"',
+        b"42",
+        b'{"nested": {"deep": [{"x": "</script>"}]}}',
+    ],
+)
+def test_a_json_body_is_embedded_as_received_and_reads_back_equal(body: bytes) -> None:
+    command = start_workflow(_trigger(body), DEFINITION, _params(wrap=False))
+
+    assert not isinstance(command, Poison)
+    assert command.input == json.loads(body)
+
+
+@pytest.mark.parametrize("body", [b"NaN", b'{"x": Infinity}', b"\xef\xbb\xbf{}"])
+def test_what_python_reads_but_json_is_not_is_poison(body: bytes) -> None:
+    poison = start_workflow(_trigger(body), DEFINITION, _params())
+
+    assert isinstance(poison, Poison)
+    assert poison.reason == "undecodable"
+
+
+def test_names_and_headers_with_any_characters() -> None:
+    definition = DEFINITION.model_copy(update={"job_name": 'Bestellungen "EU" \\ ü'})
+    trigger = _trigger(headers={"x-quote": '"', "x-uni": "ü€"})
+
+    command = start_workflow(trigger, definition, _params())
+
+    assert not isinstance(command, Poison)
+    assert command.origin.job_name == 'Bestellungen "EU" \\ ü'
+    assert command.input["headers"] == {"x-quote": '"', "x-uni": "ü€"}  # type: ignore[index]

@@ -31,7 +31,8 @@ from jobwire.contracts.listeners import (
     ListenerSlotStatus,
     ListenerState,
 )
-from jobwire.listeners.domain.mapping import Poison, message_id, start_workflow
+from jobwire.contracts.workflows import StartWorkflow
+from jobwire.listeners.domain.mapping import Poison, StartWorkflowWriter, message_id
 from jobwire.listeners.domain.triggers import Trigger
 from jobwire.listeners.settings import ListenerOptions
 from jobwire.listeners.sources import Source
@@ -118,6 +119,9 @@ class SlotRunner:
             getattr(params, "batch_max_files", 0) or 500
         )
         self._labels = {"job": definition.job_name, "type": definition.job_type}
+        self._dlq_subject = broker.subjects.dlq(definition.job_type)
+        self._subject = broker.subjects.workflow_start(params.workflow)
+        self.writer = StartWorkflowWriter(definition, params)
         self._failures = 0
         _runners.add(self)
 
@@ -200,8 +204,10 @@ class SlotRunner:
         outgoing: list[Encoded] = []
         dead = 0
         for trigger in triggers:
-            encoded = await self._encode(trigger, context)
-            dead += encoded.subject == self._dlq_subject
+            encoded = self._encode(trigger, context)
+            if isinstance(encoded, Poison):
+                encoded = await self._dead_letter(trigger, encoded, context)
+                dead += 1
             outgoing.append(encoded)
         pending = list(range(len(outgoing)))
         while pending:
@@ -238,25 +244,25 @@ class SlotRunner:
         if dead:
             triggers_counter.add(dead, {**self._labels, "outcome": "dead_lettered"})
 
-    @property
-    def _dlq_subject(self) -> str:
-        return self.broker.subjects.dlq(self.definition.job_type)
+    def _encode(self, trigger: Trigger, context: PublishContext) -> Encoded | Poison:
+        """The trigger's StartWorkflow ready for the wire, or why it is poison.
 
-    async def _encode(self, trigger: Trigger, context: PublishContext) -> Encoded:
-        command = start_workflow(trigger, self.definition, self.params)
-        if isinstance(command, Poison):
-            return await self._dead_letter(trigger, command, context)
-        msg_id = command.idempotency_key
-        payload, headers = self.broker.encode(command, msg_id=msg_id, context=context)
+        Synchronous: it runs once per message, and only a dead letter needs I/O.
+        """
+        written = self.writer.write(trigger)
+        if isinstance(written, Poison):
+            return written
+        msg_id, data = written
+        payload, headers = self.broker.encode_json(
+            StartWorkflow, data, msg_id=msg_id, context=context
+        )
         if len(payload) > self.broker.nc.max_payload:
-            poison = Poison(
+            return Poison(
                 "too_large",
                 f"the StartWorkflow would be {len(payload)} bytes; "
                 f"NATS allows {self.broker.nc.max_payload}",
             )
-            return await self._dead_letter(trigger, poison, context)
-        subject = self.broker.subjects.workflow_start(command.workflow)
-        return Encoded(subject, payload, headers)
+        return Encoded(self._subject, payload, headers)
 
     async def _dead_letter(
         self, trigger: Trigger, poison: Poison, context: PublishContext
@@ -266,6 +272,7 @@ class SlotRunner:
         Bytes too big to travel in a NATS message are kept in the object store
         ``<ns>_dead_letters`` and the record names them: nothing is dropped.
         """
+        trigger.dead_letter = (poison.reason, poison.detail)
         key = message_id(self.definition, trigger)
         payload = trigger.body if trigger.body is not None else trigger.raw or b""
         headers = {

@@ -29,6 +29,10 @@ class Trigger:
     obj: Versioned | None = None
     # Set by a source that already knows it cannot be handled: (reason, detail).
     poison: tuple[str, str] | None = None
+    # Set by the runner when it stored a dead letter for this trigger instead of a
+    # StartWorkflow: (reason, detail). A source whose system keeps dead letters of
+    # its own (Service Bus) settles such a trigger there when acked.
+    dead_letter: tuple[str, str] | None = None
     # Bytes kept in a dead letter when `body` is None (e.g. a raw email).
     raw: bytes | None = None
     # Whatever the source needs to acknowledge this trigger.

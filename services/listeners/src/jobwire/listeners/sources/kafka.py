@@ -114,6 +114,7 @@ class KafkaSource:
             auto_offset_reset=params.start_from,
             session_timeout_ms=params.session_timeout_ms,
             heartbeat_interval_ms=params.heartbeat_interval_ms,
+            fetch_max_wait_ms=params.batch_max_wait_ms,
             rebalance_timeout_ms=self._rebalance_timeout_ms(),
             request_timeout_ms=max(40_000, self._rebalance_timeout_ms() + 5_000),
             **self._security_options(),
