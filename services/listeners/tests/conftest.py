@@ -24,6 +24,7 @@ from jobwire.runtime.broker import Broker
 from jobwire.runtime.health import Readiness
 from jobwire.runtime.hosts import HostRegistry
 from jobwire.runtime.secrets import Secrets
+from jobwire.testing import wait_for
 
 
 @dataclass
@@ -118,6 +119,21 @@ class Listeners:
         msgs = await self._read(Stream.WORKFLOWS, workflow)
         return [decode(m.data, StartWorkflow).data for m in msgs]
 
+    async def stored(self, stream: Stream = Stream.WORKFLOWS) -> int:
+        """How many messages the namespace's stream holds: cheap to poll, unlike
+        reading them all."""
+        info = await self.broker.js.stream_info(self.broker.subjects.stream_name(stream))
+        return info.state.messages
+
+    async def wait_starts(self, count: int, timeout: float = 30) -> list[StartWorkflow]:
+        """Every StartWorkflow once at least ``count`` are stored."""
+
+        async def enough() -> bool:
+            return await self.stored() >= count
+
+        await wait_for(enough, timeout=timeout, interval=0.1, description=f"{count} starts")
+        return await self.starts()
+
     async def dead_letters(self) -> list[DeadLetter]:
         return [decode(m.data, DeadLetter).data for m in await self._read(Stream.DLQ, ">")]
 
@@ -142,13 +158,13 @@ class Listeners:
         )
         found: list[Msg] = []
         try:
-            while True:
+            # A fetch may return fewer than asked while more are stored: read
+            # until the stream's count (others' subjects excluded by the filter
+            # can only make us stop on the timeout).
+            while len(found) < info.state.messages:
                 try:
-                    msgs = await sub.fetch(1000, timeout=0.5)
+                    found += await sub.fetch(1000, timeout=0.5)
                 except TimeoutError:
-                    break
-                found += msgs
-                if len(msgs) < 1000:
                     break
         finally:
             with contextlib.suppress(Exception):

@@ -28,11 +28,7 @@ def _params(root: Path, **extra: object) -> dict[str, object]:
 
 
 async def _starts(listeners: Listeners, count: int, timeout: float = 20):  # type: ignore[no-untyped-def]
-    async def enough():  # type: ignore[no-untyped-def]
-        found = await listeners.starts()
-        return found if len(found) >= count else None
-
-    return await wait_for(enough, timeout=timeout, description=f"{count} StartWorkflow")
+    return await listeners.wait_starts(count, timeout)
 
 
 async def test_new_files_start_workflows_and_are_moved(

@@ -60,9 +60,7 @@ async def test_each_message_starts_one_workflow_and_is_acked_after(
     )
     supervisor = listeners.start()
 
-    starts = await wait_for(
-        lambda: _when(listeners.starts(), 300), timeout=30, description="300 StartWorkflow"
-    )
+    starts = await listeners.wait_starts(300, timeout=30)
 
     assert sorted(s.input["body"]["order"] for s in starts) == list(range(300))  # type: ignore[index]
     first = min(starts, key=lambda s: s.origin.coordinates["sequence"])
@@ -99,13 +97,13 @@ async def test_a_restart_neither_refires_nor_misses(
     first = listeners.start()
     for n in range(50):
         await js.publish(f"{prefix}.a", json.dumps(n).encode())
-    await wait_for(lambda: _when(listeners.starts(), 50), timeout=20, description="50 starts")
+    await listeners.wait_starts(50, timeout=20)
     await listeners.stop(first)
     for n in range(50, 80):  # arrive while no listener runs
         await js.publish(f"{prefix}.a", json.dumps(n).encode())
     listeners.start()
 
-    starts = await wait_for(lambda: _when(listeners.starts(), 80), timeout=20, description="80")
+    starts = await listeners.wait_starts(80, timeout=20)
 
     assert sorted(s.input["body"] for s in starts) == list(range(80))  # type: ignore[index]
 
@@ -127,7 +125,7 @@ async def test_poison_goes_to_the_dead_letter_stream_with_its_reason(
     dead = await wait_for(
         lambda: _when(listeners.dead_letters(), 3), timeout=20, description="3 dead letters"
     )
-    starts = await wait_for(lambda: _when(listeners.starts(), 1), timeout=10, description="1")
+    starts = await listeners.wait_starts(1, timeout=10)
 
     assert sorted((d.subject, d.reason) for d in dead) == [
         (f"{prefix}.bad", "undecodable"),
@@ -169,7 +167,7 @@ async def test_core_subject_in_a_queue_group(
         )
     await nats_client.flush()
 
-    starts = await wait_for(lambda: _when(listeners.starts(), 10), timeout=10, description="10")
+    starts = await listeners.wait_starts(10, timeout=10)
 
     # A publisher's own Nats-Msg-Id keeps its duplicates out, even on core NATS.
     assert sorted(s.input for s in starts) == sorted(f"event {n}" for n in range(10))
@@ -195,14 +193,14 @@ async def test_definition_changes_are_picked_up_live(
         lambda: _running(supervisor, version=2), timeout=10, description="restarted as version 2"
     )
     await js.publish(f"{prefix}.x", b"1")
-    [start] = await wait_for(lambda: _when(listeners.starts(), 1), timeout=10, description="1")
+    [start] = await listeners.wait_starts(1, timeout=10)
     assert start.workflow == "order-v2"
 
     await listeners.undefine(definition.job_id)
     await wait_for(lambda: _none(supervisor), timeout=10, description="listener stopped")
     await js.publish(f"{prefix}.x", b"2")
     with pytest.raises(TimeoutError):
-        await wait_for(lambda: _when(listeners.starts(), 2), timeout=1.5, description="no more")
+        await listeners.wait_starts(2, timeout=1.5)
 
 
 async def test_one_replica_runs_the_other_stands_by_and_takes_over(
@@ -226,14 +224,14 @@ async def test_one_replica_runs_the_other_stands_by_and_takes_over(
     assert "listener slots" in shown
     for n in range(20):
         await js.publish(f"{prefix}.x", json.dumps(n).encode())
-    await wait_for(lambda: _when(listeners.starts(), 20), timeout=10, description="20")
+    await listeners.wait_starts(20, timeout=10)
 
     await listeners.stop(first)  # a graceful stop hands the lease over at once
     await wait_for(lambda: _running(second), timeout=5, description="second took over")
     for n in range(20, 30):
         await js.publish(f"{prefix}.x", json.dumps(n).encode())
 
-    starts = await wait_for(lambda: _when(listeners.starts(), 30), timeout=10, description="30")
+    starts = await listeners.wait_starts(30, timeout=10)
     assert sorted(s.input["body"] for s in starts) == list(range(30))  # type: ignore[index]
 
 
