@@ -100,6 +100,9 @@ async def test_kept_files_fire_once_per_content_across_restarts(
     await wait_for(lambda: _scanned(second), timeout=10, description="a scan after restart")
     await asyncio.sleep(0.6)  # three more scans: a file that fired again would be in by now
     assert len(await listeners.starts()) == 2
+    # Not even published again (which the stream would have dropped): the
+    # checkpoint kept the files from being taken at all.
+    assert [s.received for s in second.statuses()] == [0]
     (tmp_path / "a.xml").write_text("<a>changed</a>")
 
     starts = await _starts(listeners, 3)
@@ -124,6 +127,8 @@ async def test_a_failing_move_is_reported_and_the_file_does_not_fire_again(
     assert "x.json" in slot.last_error or "done" in slot.last_error
     await asyncio.sleep(1.0)  # the slot reopens and rescans meanwhile
     assert len(await listeners.starts()) == 1
+    # The checkpoint, not the stream's de-duplication: the file was taken once.
+    assert [s.received for s in supervisor.statuses()] == [1]
     (tmp_path / "done").unlink()
 
     await wait_for(

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from jobwire.contracts.listeners import FileListenerParams
@@ -218,11 +218,19 @@ class FileSource:
         self._done.discard(checkpoint)
 
     async def _checkpoint_keys(self) -> set[str]:
+        # A watch filtered by the server on this job's keys: nats-py's keys()
+        # lists the whole bucket and filters by substring in the client.
+        prefix = f"{self._job}."
+        watcher = await self._kv().watch(prefix + ">", ignore_deletes=True, meta_only=True)
+        found: set[str] = set()
         try:
-            keys = await self._kv().keys(filters=[f"{self._job}.>"])
-        except NoKeysError:
-            return set()
-        return {key.removeprefix(f"{self._job}.") for key in keys}
+            async for entry in watcher:
+                if entry is None:  # the end of what is stored now
+                    break
+                found.add(entry.key.removeprefix(prefix))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
 
     def _key(self, checkpoint: str) -> str:
         return f"{self._job}.{checkpoint}"
