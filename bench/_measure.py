@@ -4,6 +4,7 @@ the machine a result was measured on."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
@@ -126,3 +127,15 @@ def machine_info(packages: Sequence[str]) -> dict[str, Any]:
         "kernel": platform.release(),
         "packages": versions,
     }
+
+
+def merge_results(path: Path, updates: dict[str, Any]) -> None:
+    """Write ``updates`` into the JSON results at ``path``, keeping the keys other
+    benchmarks wrote there (the listener benchmarks share one file)."""
+    try:
+        document: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        document = {}
+    document.update(updates)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import tempfile
@@ -48,7 +47,7 @@ from _listeners_common import PACKAGES
 from _listeners_files import local_round, s3_round
 from _listeners_files import summarize as summarize_files
 from _listeners_kafka import KafkaSetup, run_kafka
-from _measure import machine_info
+from _measure import machine_info, merge_results
 
 from jobwire.contracts.subjects import Stream
 from jobwire.listeners.settings import ListenersSettings
@@ -239,8 +238,7 @@ def main() -> None:
         "machine": machine,
         **result,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(output, indent=2) + "\n")
+    merge_results(args.out, output)
     print(summary(output))
     print(f"→ {args.out}")
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from _listeners_common import Window, build_slot, purge_workflows, stored_starts
-from _measure import cpu_seconds, machine_info
+from _measure import cpu_seconds, machine_info, merge_results
 
 from jobwire.contracts.subjects import Stream
 from jobwire.listeners.settings import ListenersSettings
@@ -220,17 +219,6 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     }
 
 
-def merge(path: Path, result: dict[str, Any]) -> None:
-    """Replace only the "imap" key; other benchmarks write the others."""
-    try:
-        document: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        document = {"benchmark": "listeners"}
-    document["imap"] = result
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2) + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--emails", type=int, default=300)
@@ -257,7 +245,7 @@ def main() -> None:
         **result,
         "machine": machine,
     }
-    merge(args.out, result)
+    merge_results(args.out, {"imap": result})
     print(
         f"imap   {args.emails} emails with {args.attachment_bytes // 1024} KB attachments x "
         f"{result['rounds']} rounds: best {result['emails_per_s']['best']:,} emails/s "
