@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,15 +183,30 @@ async def _registered(registry: HostRegistry, supervisor: Supervisor, stop: asyn
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def listeners(nats_url: str, namespace: str) -> AsyncIterator[Listeners]:
-    settings = ListenersSettings(nats={"url": nats_url}, namespace=namespace)
-    broker = Broker(settings, source="/jobwire/listeners/tests", readiness=Readiness())
-    await broker.connect()
-    await broker.ensure_streams()
-    harness = Listeners(broker, namespace)
-    yield harness
-    for index, stop in harness.stops.items():
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(harness.tasks[index], timeout=30)
-    await broker.close()
+async def listeners_on(namespace: str) -> AsyncIterator[Callable[[str], Awaitable[Listeners]]]:
+    """``await listeners_on(url)``: the harness on a NATS server of the test's own
+    (outage tests); everything it started is stopped after the test."""
+    made: list[Listeners] = []
+
+    async def make(url: str) -> Listeners:
+        settings = ListenersSettings(nats={"url": url}, namespace=namespace)
+        broker = Broker(settings, source="/jobwire/listeners/tests", readiness=Readiness())
+        await broker.connect()
+        await broker.ensure_streams()
+        made.append(Listeners(broker, namespace))
+        return made[-1]
+
+    yield make
+    for harness in made:
+        for index, stop in harness.stops.items():
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(harness.tasks[index], timeout=30)
+        await harness.broker.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def listeners(
+    nats_url: str, listeners_on: Callable[[str], Awaitable[Listeners]]
+) -> Listeners:
+    return await listeners_on(nats_url)

@@ -20,9 +20,6 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
 
 from jobwire.contracts.listeners import ListenerSlotStatus
-from jobwire.listeners.settings import ListenersSettings
-from jobwire.runtime.broker import Broker
-from jobwire.runtime.health import Readiness
 from jobwire.runtime.hosts import live_hosts
 from jobwire.testing import wait_for
 from jobwire.testing.fleet import Fleet, Instance
@@ -314,6 +311,7 @@ async def test_sigkill_mid_batch_with_10000_kafka_messages_loses_and_duplicates_
 
 async def test_a_10_second_nats_outage_pauses_without_committing_and_loses_nothing(
     nats_server_factory: Any,
+    listeners_on: Any,
     fleet: Fleet,
     namespace: str,
     kafka_bootstrap: str,
@@ -322,11 +320,8 @@ async def test_a_10_second_nats_outage_pauses_without_committing_and_loses_nothi
     """NATS (a private server) stops for 10 s while records keep arriving. The
     listener cannot publish, so it commits nothing; when NATS is back every record
     starts its workflow, each once."""
-    from conftest import Listeners as Harness
-
     server = nats_server_factory()
-    broker = await _broker(server.url, namespace)
-    harness = Harness(broker, namespace)
+    harness = await listeners_on(server.url)
     partitions = 2
     topic = await kafka_topic_factory(partitions=partitions)
     definition = await harness.define("kafka-subscriber", kafka_params(kafka_bootstrap, topic))
@@ -336,38 +331,35 @@ async def test_a_10_second_nats_outage_pauses_without_committing_and_loses_nothi
         JOBWIRE_NATS__RECONNECT_WAIT_SECONDS="1",
         JOBWIRE_NATS__CONNECT_TIMEOUT_SECONDS="1",
     )
-    try:
-        with fleet.explained():
-            await fleet.ready(instance)
-            await produce(kafka_bootstrap, topic, 0, 500)
-            await wait_for(lambda: _count(harness, 500), timeout=60, description="500 in")
-            await wait_for(
-                lambda: _equals(committed(kafka_bootstrap, group, topic, partitions), 500),
-                timeout=20,
-                description="500 committed",
-            )
+    with fleet.explained():
+        await fleet.ready(instance)
+        await produce(kafka_bootstrap, topic, 0, 500)
+        await wait_for(lambda: _count(harness, 500), timeout=60, description="500 in")
+        await wait_for(
+            lambda: _equals(committed(kafka_bootstrap, group, topic, partitions), 500),
+            timeout=20,
+            description="500 committed",
+        )
 
-            server.stop()
-            stopped = time.monotonic()
-            await produce(kafka_bootstrap, topic, 500, 1500)
-            # The scenario: NATS stays down 10 s. Meanwhile nothing may be committed.
-            while time.monotonic() - stopped < 10:
-                assert await committed(kafka_bootstrap, group, topic, partitions) == 500
-                await asyncio.sleep(1.0)
-            server.start()  # same port and data: every client reconnects by itself
+        server.stop()
+        stopped = time.monotonic()
+        await produce(kafka_bootstrap, topic, 500, 1500)
+        # The scenario: NATS stays down 10 s. Meanwhile nothing may be committed.
+        while time.monotonic() - stopped < 10:
+            assert await committed(kafka_bootstrap, group, topic, partitions) == 500
+            await asyncio.sleep(1.0)
+        server.start()  # same port and data: every client reconnects by itself
 
-            starts = await wait_for(
-                lambda: _count(harness, 2000),
-                timeout=90,
-                description="2,000 starts after the outage",
-            )
-            await wait_for(
-                lambda: _equals(committed(kafka_bootstrap, group, topic, partitions), 2000),
-                timeout=30,
-                description="all committed",
-            )
-    finally:
-        await broker.close()
+        starts = await wait_for(
+            lambda: _count(harness, 2000),
+            timeout=90,
+            description="2,000 starts after the outage",
+        )
+        await wait_for(
+            lambda: _equals(committed(kafka_bootstrap, group, topic, partitions), 2000),
+            timeout=30,
+            description="all committed",
+        )
 
     keys = [s.idempotency_key for s in starts]
     assert len(keys) == len(set(keys)) == 2000
@@ -383,11 +375,3 @@ async def _trickle(bootstrap: str, topic: str, total: int, batch: int = 250) -> 
 
 async def _equals(value: Any, expected: int) -> bool:
     return await value == expected
-
-
-async def _broker(url: str, namespace: str) -> Broker:
-    settings = ListenersSettings(nats={"url": url}, namespace=namespace)
-    broker = Broker(settings, source="/jobwire/listeners/tests", readiness=Readiness())
-    await broker.connect()
-    await broker.ensure_streams()
-    return broker
