@@ -53,8 +53,10 @@ bench-api: install ## admin API benchmark (list p99, sustained trigger rate) →
 	$(RUN) python bench/api.py --out bench/results/api.json
 
 .PHONY: bench-listeners
-bench-listeners: install ## listener benchmark (Kafka vs bare loop, file listener 10k files) → bench/results/listeners.json
+bench-listeners: install ## listener benchmarks (Kafka vs bare loop, 10k files, Service Bus peer, IMAP) → bench/results/listeners.json
 	$(RUN) python bench/listeners.py --out bench/results/listeners.json
+	$(RUN) python bench/listeners_servicebus.py --out bench/results/listeners.json
+	$(RUN) python bench/listeners_imap.py --out bench/results/listeners.json
 
 .PHONY: bench
 bench: install bench-scheduler bench-api bench-listeners ## every benchmark → bench/results/*.json

@@ -81,6 +81,7 @@ class Supervisor:
         # job id → (version, why): a definition version this instance cannot run.
         self._invalid: dict[str, tuple[int, str]] = {}
         self._suspended_since: dict[str, datetime] = {}
+        self._missing: set[str] = set()  # held jobs the last listing did not show
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -96,7 +97,16 @@ class Supervisor:
             await self.stop_all()
 
     async def reconcile(self) -> None:
-        self.definitions = await self._read_definitions()
+        listed = await self._read_definitions()
+        held_jobs = {h.definition.job_id: h.definition for h in self.held.values()}
+        # A listing can come back short while NATS is busy (nats-py lists keys
+        # through a watcher): a held listener is stopped only when it is
+        # missing from two listings in a row.
+        missing = set(held_jobs) - set(listed)
+        for job_id in missing - self._missing:
+            listed[job_id] = held_jobs[job_id]
+        self._missing = missing
+        self.definitions = listed
         for held in list(self.held.values()):
             if held.stop.is_set():  # stopped while NATS was unreachable
                 await self._stop(held, release=True, why="lease unrenewed")
