@@ -216,7 +216,7 @@ async def test_one_replica_runs_the_other_stands_by_and_takes_over(
         lambda: _states(second) == ["Suspended"], timeout=10, description="second on standby"
     )
     shown = await wait_for(
-        lambda: _hosts_table(listeners.namespace, "Suspended"),
+        lambda: _hosts_table(listeners, "Suspended"),
         timeout=10,
         description="`jobwire hosts` listing both slots",
     )
@@ -258,12 +258,17 @@ async def test_an_unknown_secret_fails_the_slot_with_the_secret_named(
 # -- helpers ------------------------------------------------------------------------
 
 
-async def _hosts_table(namespace: str, needle: str) -> str | None:
+async def _hosts_table(listeners: Listeners, needle: str) -> str | None:
     """What an operator sees: `jobwire hosts`, the real command."""
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("jobwire")),
         "hosts",
-        env={**os.environ, "JOBWIRE_NAMESPACE": namespace, "COLUMNS": "200"},
+        env={
+            **os.environ,
+            "JOBWIRE_NATS__URL": listeners.broker.settings.nats.url,
+            "JOBWIRE_NAMESPACE": listeners.namespace,
+            "COLUMNS": "200",
+        },
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
