@@ -67,7 +67,7 @@ def test_unknown_type_lists_the_known_ones() -> None:
 def test_expiry_must_follow_start() -> None:
     start = NOW + timedelta(days=1)
     problems = fields(job(start_at=start.isoformat(), expires_at=NOW.isoformat()))
-    assert problems == ["definition"]
+    assert problems == ["expires_at"]  # named, not the whole body (it was "definition")
 
 
 def test_start_at_and_expiry_bound_the_first_fire() -> None:
@@ -79,12 +79,13 @@ def test_start_at_and_expiry_bound_the_first_fire() -> None:
 
 
 def test_a_cron_expression_that_never_matches_is_refused() -> None:
-    with pytest.raises(DefinitionError, match="never matches"):
+    with pytest.raises(DefinitionError, match="never matches") as caught:
         parse_definition(job(schedule={"kind": "cron", "expression": "0 0 30 2 *"}))
+    assert [f for f, _ in caught.value.problems] == ["schedule.expression"]
 
 
 def test_a_job_cannot_follow_itself() -> None:
-    assert fields(job(after=[{"job": "invoices"}])) == ["definition"]
+    assert fields(job(after=[{"job": "invoices"}])) == ["after"]
 
 
 LISTENER = {
@@ -146,3 +147,69 @@ def test_a_storage_of_an_unknown_kind_is_named() -> None:
         parse_definition(bad)
 
     assert caught.value.problems[0][0] == "params.storage"
+
+
+@pytest.mark.parametrize(
+    ("field", "overrides"),
+    [
+        # The probe's crash: asyncpg stores datetime.max as `infinity`.
+        ("schedule.at", {"schedule": {"kind": "once", "at": "9999-12-31T23:59:59.999999Z"}}),
+        ("schedule.at", {"schedule": {"kind": "once", "at": "0001-01-01T00:00:00Z"}}),
+        (
+            "schedule.anchor",
+            {"schedule": {"kind": "interval", "every": "PT1S", "anchor": "0001-01-01T00:00Z"}},
+        ),
+        ("start_at", {"start_at": "9999-12-31T23:00:00-05:00"}),  # past UTC's year 9999
+        ("expires_at", {"expires_at": "9500-01-01T00:00:00Z"}),
+    ],
+)
+def test_instants_outside_the_scheduled_range_are_refused_naming_the_field(
+    field: str, overrides: dict[str, Any]
+) -> None:
+    assert fields(job(**overrides)) == [field]
+
+
+def test_no_fire_is_ever_computed_past_the_latest_instant() -> None:
+    from jobwire.scheduler.domain.schedule import LATEST_INSTANT, next_fire
+
+    definition = parse_definition(
+        job(schedule={"kind": "interval", "every": "P3650D", "anchor": "8990-01-01T00:00:00Z"})
+    )
+    assert definition.schedule is not None
+    assert next_fire(definition.schedule, datetime(8999, 12, 31, tzinfo=UTC)) is None  # 9009
+    assert next_fire(definition.schedule, datetime(8995, 1, 1, tzinfo=UTC)) is not None
+    assert next_fire(definition.schedule, LATEST_INSTANT) is None
+
+
+def never(data: dict[str, Any], previous: dict[str, Any] | None = None) -> list[str]:
+    with pytest.raises(DefinitionError) as caught:
+        parse_definition(data, now=NOW, previous=parse_definition(previous) if previous else None)
+    return [field for field, _ in caught.value.problems]
+
+
+def test_a_schedule_that_can_never_fire_is_refused_for_every_kind_naming_the_field() -> None:
+    past = (NOW - timedelta(hours=1)).isoformat()
+    assert never(job(schedule={"kind": "once", "at": past})) == ["schedule.at"]
+    assert never(job(expires_at=past)) == ["expires_at"]
+    interval = {"kind": "interval", "every": "P1D", "anchor": NOW.isoformat()}
+    window = {
+        "schedule": interval,
+        "start_at": (NOW + timedelta(hours=1)).isoformat(),
+        "expires_at": (NOW + timedelta(hours=2)).isoformat(),
+    }
+    assert never(job(**window)) == ["expires_at"]  # no slot falls into the window
+    once_after_expiry = {
+        "schedule": {"kind": "once", "at": (NOW + timedelta(days=2)).isoformat()},
+        "expires_at": (NOW + timedelta(days=1)).isoformat(),
+    }
+    assert never(job(**once_after_expiry)) == ["expires_at"]
+
+
+def test_a_job_whose_schedule_ran_out_can_still_be_edited_when_its_timing_is_unchanged() -> None:
+    fired = job(schedule={"kind": "once", "at": (NOW - timedelta(hours=1)).isoformat()})
+    edited = {**fired, "description": "a once job that fired: still editable"}
+    assert parse_definition(edited, now=NOW, previous=parse_definition(fired)).description
+    moved = {**fired, "schedule": {"kind": "once", "at": (NOW - timedelta(minutes=5)).isoformat()}}
+    assert never(moved, previous=fired) == ["schedule.at"]
+    future = {**fired, "schedule": {"kind": "once", "at": (NOW + timedelta(hours=1)).isoformat()}}
+    assert parse_definition(future, now=NOW, previous=parse_definition(fired)).schedule

@@ -85,3 +85,16 @@ def test_a_disabled_or_paused_listener() -> None:
     running = [SlotFacts("a", "Running", 3)]
     assert listener_status(replace(LISTENER, enabled=False), running) == JobStatus.DISABLED
     assert listener_status(replace(LISTENER, paused=True), running) == JobStatus.PAUSED
+
+
+def test_a_faulted_job_says_so_whatever_else_is_true() -> None:
+    base = IDLE
+    assert job_status(replace(base, fault="its run cannot be built"), frozenset()) == "Faulted"
+    running = replace(base, dispatched=1, fault="x")
+    assert job_status(running, frozenset()) == "Faulted"
+    assert job_status(replace(base, enabled=False, fault="x"), frozenset()) == "Disabled"
+
+
+def test_a_schedule_with_no_fire_left_is_ended_not_ready() -> None:
+    assert job_status(replace(IDLE, ended=True), frozenset()) == "Ended"
+    assert job_status(replace(IDLE, ended=True, paused=True), frozenset()) == "Paused"

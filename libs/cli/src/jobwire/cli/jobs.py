@@ -40,6 +40,9 @@ class JobStatusName(StrEnum):
     RECYCLE_PENDING = "RecyclePending"
     UNKNOWN = "Unknown"
     SUSPENDED = "Suspended"
+    FAILING = "Failing"
+    FAULTED = "Faulted"
+    ENDED = "Ended"
 
 
 class JobSort(StrEnum):
@@ -136,6 +139,7 @@ def _job_view(job: JSON) -> RenderableType:
             "Description": job.get("description"),
             "Type": job.get("type"),
             "Status": status_cell(job.get("status")),
+            "Fault": job.get("fault"),
             "Enabled": "yes" if job.get("enabled") else "no",
             "Paused": "yes" if job.get("paused") else "no",
             "Group": job.get("group"),

@@ -607,6 +607,14 @@ class Broker:
                 with contextlib.suppress(MsgAlreadyAckdError):
                     await msg.nak()
                 raise
+            except Poison as exc:
+                # Retrying cannot help, and a message redelivered for ever
+                # holds an ack-pending slot of the consumer: keep it, move on.
+                span.set_status(StatusCode.ERROR, "rejected")
+                delivered = int(msg.metadata.num_delivered or 1)
+                await self.dead_letter(source, msg, exc.reason, exc.detail, attempts=delivered)
+                await msg.term()
+                return
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(StatusCode.ERROR, str(exc))
@@ -617,6 +625,17 @@ class Broker:
                 return
             if ack is AckPolicy.AFTER_HANDLER:
                 await msg.ack()
+
+
+class Poison(Exception):
+    """Raised by a :meth:`Broker.consume` handler for a message that can never be
+    handled (its content is refused, not the moment): the message goes to the
+    DLQ with ``reason`` and ``detail`` and is terminated instead of redelivered."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 async def _wait_for_any(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None:

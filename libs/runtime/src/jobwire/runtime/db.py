@@ -38,6 +38,26 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# The part of DATABASE_ERRORS that says nothing about the data: the connection,
+# the server's state, a conflict with another transaction. Anything else
+# PostgreSQL refuses (a value out of range, a constraint) is about the rows,
+# and retrying the same rows cannot help.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # TimeoutError included
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,  # admin shutdown, cannot connect now, query cancelled
+    asyncpg.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.TransactionRollbackError,  # serialization failure, deadlock
+    asyncpg.LockNotAvailableError,
+)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether a failure is the database's moment rather than the data's."""
+    return isinstance(exc, CONNECTION_ERRORS)
+
+
 class MigrationError(Exception):
     """Migrations cannot be applied as they are (bad file name, edited file)."""
 

@@ -16,7 +16,6 @@ import nats.errors
 
 from jobwire.contracts.envelope import utcnow
 from jobwire.runtime.broker import MSG_ID_HEADER, Broker, Encoded
-from jobwire.runtime.db import DATABASE_ERRORS
 from jobwire.runtime.logs import get_logger
 from jobwire.runtime.waits import Stopped, backoff_wait, wait_any
 from jobwire.scheduler.adapters.store import PostgresJobStore
@@ -25,7 +24,15 @@ log = get_logger("jobwire.scheduler.relay")
 
 
 # Errors no retry can cure (the message itself is wrong, e.g. over max_payload).
-NEVER_PUBLISHABLE: tuple[type[BaseException], ...] = (nats.errors.MaxPayloadError,)
+NEVER_PUBLISHABLE: tuple[type[BaseException], ...] = (
+    nats.errors.MaxPayloadError,
+    nats.errors.BadSubjectError,
+    nats.errors.BadHeaderError,
+)
+# A row refused this often while the broker took the rows around it is given
+# up: whatever is wrong is the row's (say, a subject no stream captures), and
+# retrying it at the head of the outbox would only slow every batch behind it.
+MAX_ROW_ATTEMPTS = 20
 
 
 def _run_id(headers: dict[str, str]) -> uuid.UUID | None:
@@ -60,11 +67,16 @@ class OutboxRelay:
             results = await self.broker.publish_encoded(
                 [Encoded(r["subject"], r["payload"], r["headers"]) for r in rows]
             )
-            published, completed = [], []
+            published, completed, retried = [], [], []
             errors = []
             unpublishable: list[tuple[uuid.UUID, str]] = []
+            broker_up = any(not isinstance(r, BaseException) for r in results)
             for row, result in zip(rows, results, strict=True):
-                if isinstance(result, NEVER_PUBLISHABLE):
+                given_up = isinstance(result, BaseException) and (
+                    isinstance(result, NEVER_PUBLISHABLE)
+                    or (broker_up and row["attempts"] + 1 >= MAX_ROW_ATTEMPTS)
+                )
+                if given_up:
                     # Retrying cannot help and would block the rows behind it:
                     # drop the message and fail its run, with the reason.
                     published.append(row["id"])
@@ -74,10 +86,13 @@ class OutboxRelay:
                     continue
                 if isinstance(result, BaseException):
                     errors.append(result)
+                    if broker_up:
+                        retried.append(row["id"])
                     continue
                 published.append(row["id"])
                 if row["completes"] is not None:
                     completed.append(row["completes"])
+            await self.store.count_outbox_attempts(conn, retried)
             await self.store.settle_outbox(conn, published, completed, utcnow())
             if unpublishable:
                 await self.store.fail_runs(conn, unpublishable, utcnow())
@@ -97,12 +112,14 @@ class OutboxRelay:
             self.wake.clear()
             try:
                 seen, published = await self.relay_once()
-            except DATABASE_ERRORS as exc:
+            except Exception as exc:  # the relay must outlive any one batch
                 seen, published = 0, 0
                 failures += 1
-                log.warning("relay.failed", error=str(exc), failures=failures)
+                log.warning("relay.failed", error=repr(exc), failures=failures)
             else:
-                failures = 0 if published == seen else failures + 1
+                # A batch the broker took in part is progress, not an outage to
+                # back off from: the rows it refused count their own attempts.
+                failures = 0 if published or not seen else failures + 1
             if seen < self.batch or failures:
                 self.caught_up.set()  # a broker outage must not stop decisions
             else:

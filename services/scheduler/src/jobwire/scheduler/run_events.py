@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from jobwire.contracts.envelope import utcnow
 from jobwire.contracts.runs import RunFinished, RunProgress, RunStarted
 from jobwire.contracts.subjects import RunEvent, Stream
-from jobwire.runtime.broker import Broker, Delivery, PublishContext
+from jobwire.runtime.broker import Broker, Delivery, Poison, PublishContext
+from jobwire.runtime.db import connection_lost
 from jobwire.scheduler.adapters.store import NewRun, OutboxRow, PostgresJobStore
 from jobwire.scheduler.dispatch import Dispatcher, run_id_for
 from jobwire.scheduler.domain.definitions import JobDefinition
@@ -120,7 +122,7 @@ class RunRecorder:
 
     async def run(self, stop: asyncio.Event) -> None:
         subjects = self.broker.subjects
-        consumers = [
+        consumers: list[tuple[RunEvent, Any, Callable[[Delivery[Any]], Awaitable[None]]]] = [
             (RunEvent.STARTED, RunStarted, self.started),
             (RunEvent.PROGRESS, RunProgress, self.progress),
             (RunEvent.FINISHED, RunFinished, self.finished),
@@ -132,9 +134,27 @@ class RunRecorder:
                         stream=Stream.RUNS,
                         durable=f"scheduler-run-{event.value}",
                         filter_subject=subjects.all_run_events(event),
-                        model=model,  # type: ignore[arg-type]
-                        handler=handler,  # type: ignore[arg-type]
+                        model=model,
+                        handler=_poison_unless_transient(handler),
                         stop=stop,
                         dlq_source="scheduler-run-events",
                     )
                 )
+
+
+def _poison_unless_transient(
+    handler: Callable[[Delivery[Any]], Awaitable[None]],
+) -> Callable[[Delivery[Any]], Awaitable[None]]:
+    """One event that cannot be recorded (PostgreSQL refuses its values, its
+    job's stored definition no longer parses) goes to the DLQ with the error;
+    only a lost database is worth redelivering the event for."""
+
+    async def handle(delivery: Delivery[Any]) -> None:
+        try:
+            await handler(delivery)
+        except Exception as exc:
+            if connection_lost(exc):
+                raise
+            raise Poison("unrecordable", f"{type(exc).__name__}: {exc}"[:2000]) from exc
+
+    return handle

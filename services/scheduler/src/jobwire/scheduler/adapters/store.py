@@ -89,6 +89,7 @@ class JobRecord:
     next_fire_at: datetime | None
     state: dict[str, Any] | None
     version: int
+    fault: str | None = None  # why the firing loop set the job aside (status Faulted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,12 @@ class JobOverview:
     next_run_at: datetime | None
     active_hosts: tuple[str, ...]
     facts: JobFacts
+    faulted_at: datetime | None = None
 
+
+# A fault's error text is shown on the page and in the API; a bound keeps a
+# pathological message (a 5 MB repr) out of every listing.
+_FAULT_CHARS = 2000
 
 # A definition never changes without its version changing, so each (id, version)
 # is parsed once per process instead of on every claim.
@@ -148,13 +154,22 @@ def _record(row: asyncpg.Record) -> JobRecord:
         definition=_definition(row),
         enabled=row["enabled"],
         paused=row["paused"],
-        next_fire_at=row["next_fire_at"],
+        next_fire_at=_instant(row["next_fire_at"]),
         state=row["state"],
         version=row["version"],
+        fault=row["fault"],
     )
 
 
-_JOB_COLUMNS = "id, name, definition, enabled, paused, next_fire_at, state, version"
+def _instant(value: datetime | None) -> datetime | None:
+    """A stored time, or None for ±infinity, which asyncpg returns as naive
+    ``datetime.max``/``min`` (and writes for them): never let one out as a time."""
+    if value is None or value.tzinfo is None:
+        return None
+    return value
+
+
+_JOB_COLUMNS = "id, name, definition, enabled, paused, next_fire_at, state, version, fault"
 
 
 def job_view(record: JobRecord) -> dict[str, Any]:
@@ -230,7 +245,7 @@ class PostgresJobStore:
                 f"""UPDATE {self.schema}.jobs SET
                         name = $2, type = $3, definition = $4, enabled = $5, group_name = $6,
                         priority = $7, next_fire_at = $8, version = version + 1,
-                        updated_at = now()
+                        fault = NULL, faulted_at = NULL, updated_at = now()
                     WHERE name = $1 RETURNING {_JOB_COLUMNS}""",
                 name,
                 definition.name,
@@ -282,13 +297,17 @@ class PostgresJobStore:
             # already running keeps its pending slot (nothing silently dropped).
             restarts = runnable and not was_runnable
             next_fire = record.definition.first_fire(now) if restarts else record.next_fire_at
+            # A restart is the operator's retry of a faulted job.
             row = await conn.fetchrow(
                 f"""UPDATE {self.schema}.jobs SET {column} = $2, next_fire_at = $3,
+                        fault = CASE WHEN $4 THEN NULL ELSE fault END,
+                        faulted_at = CASE WHEN $4 THEN NULL ELSE faulted_at END,
                         updated_at = now()
                     WHERE name = $1 RETURNING {_JOB_COLUMNS}""",
                 name,
                 value,
                 next_fire,
+                restarts,
             )
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
             assert row is not None
@@ -320,7 +339,9 @@ class PostgresJobStore:
                     group,
                 )
                 await self.set_next_fire(
-                    conn, [(r.id, r.definition.first_fire(now)) for r in map(_record, rows)]
+                    conn,
+                    [(r.id, r.definition.first_fire(now)) for r in map(_record, rows)],
+                    clear_faults=True,
                 )
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
             if audit is not None:
@@ -403,7 +424,8 @@ class PostgresJobStore:
         rows = await self.pool.fetch(
             f"""SELECT j.name, j.type, j.definition ->> 'description' AS description,
                        j.enabled, j.paused, coalesce(g.enabled, true) AS group_enabled,
-                       j.next_fire_at, j.version,
+                       j.next_fire_at, j.version, j.fault, j.faulted_at,
+                       jsonb_typeof(j.definition -> 'schedule') = 'object' AS scheduled,
                        last.status AS last_status, last.scheduled_for AS last_run_at,
                        act.dispatched, act.queued, act.running_hosts, act.oldest_version
                 FROM {self.schema}.jobs j
@@ -466,11 +488,29 @@ class PostgresJobStore:
                 records.append(_record(row))
             except ValidationError as exc:
                 # A stored definition the current code refuses (say, after an
-                # upgrade tightened a rule): park that job, keep firing the rest.
-                log.error("scheduler.definition_invalid", job=row["name"], error=str(exc))
-                broken.append((row["id"], None))
-        await self.set_next_fire(conn, broken)
+                # upgrade tightened a rule): set that job aside, fire the rest.
+                broken.append((row["id"], row["name"], f"its stored definition is invalid: {exc}"))
+        await self.fault_jobs(conn, broken, now)
         return records
+
+    async def fault_jobs(
+        self, conn: asyncpg.Connection, faults: Sequence[tuple[uuid.UUID, str, str]], now: datetime
+    ) -> None:
+        """Set jobs aside (id, name, error): status Faulted, nothing fires until
+        the definition is changed or the job is enabled or resumed again."""
+        if not faults:
+            return
+        for _, name, error in faults:
+            log.error("scheduler.job_faulted", job=name, error=error)
+        await conn.execute(
+            f"""UPDATE {self.schema}.jobs SET next_fire_at = NULL, fault = u.error,
+                       faulted_at = $3
+                FROM unnest($1::uuid[], $2::text[]) AS u(id, error)
+                WHERE jobs.id = u.id""",
+            [f[0] for f in faults],
+            [f[2][:_FAULT_CHARS] for f in faults],
+            now,
+        )
 
     async def active_counts(
         self, conn: asyncpg.Connection, job_ids: Sequence[uuid.UUID]
@@ -524,12 +564,16 @@ class PostgresJobStore:
         )
 
     async def set_next_fire(
-        self, conn: asyncpg.Connection, updates: Sequence[tuple[uuid.UUID, datetime | None]]
+        self,
+        conn: asyncpg.Connection,
+        updates: Sequence[tuple[uuid.UUID, datetime | None]],
+        clear_faults: bool = False,
     ) -> None:
         if not updates:
             return
+        faults = ", fault = NULL, faulted_at = NULL" if clear_faults else ""
         await conn.execute(
-            f"""UPDATE {self.schema}.jobs SET next_fire_at = u.next
+            f"""UPDATE {self.schema}.jobs SET next_fire_at = u.next{faults}
                 FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, next)
                 WHERE jobs.id = u.id""",
             [u[0] for u in updates],
@@ -540,11 +584,19 @@ class PostgresJobStore:
 
     async def lock_outbox(self, conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await conn.fetch(
-            f"""SELECT id, subject, payload, headers, completes FROM {self.schema}.outbox
+            f"""SELECT id, subject, payload, headers, completes, attempts FROM {self.schema}.outbox
                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
             limit,
         )
         return rows
+
+    async def count_outbox_attempts(self, conn: asyncpg.Connection, ids: Sequence[int]) -> None:
+        if ids:
+            await conn.execute(
+                f"UPDATE {self.schema}.outbox SET attempts = attempts + 1 "
+                "WHERE id = ANY($1::bigint[])",
+                list(ids),
+            )
 
     async def settle_outbox(
         self,
@@ -731,7 +783,9 @@ class PostgresJobStore:
                     SELECT j.id, j.name, j.type, j.definition ->> 'description' AS description,
                            j.definition -> 'tags' AS tags, j.group_name, j.priority,
                            j.enabled, j.paused, coalesce(g.enabled, true) AS group_enabled,
-                           j.next_fire_at, j.version, {column} AS sort_value
+                           j.next_fire_at, j.version, j.fault, j.faulted_at,
+                           jsonb_typeof(j.definition -> 'schedule') = 'object' AS scheduled,
+                           {column} AS sort_value
                     FROM {s}.jobs j
                     LEFT JOIN {s}.job_groups g ON g.name = j.group_name
                     {_LAST_RUN.format(schema=s) if key == "last_run_at" else ""}
@@ -1207,7 +1261,8 @@ def _overview(r: asyncpg.Record) -> JobOverview:
         description=r["description"] or "",
         last_result=r["last_status"],
         last_run_at=r["last_run_at"],
-        next_run_at=r["next_fire_at"] if runnable else None,
+        next_run_at=_instant(r["next_fire_at"]) if runnable else None,
+        faulted_at=r["faulted_at"],
         active_hosts=tuple(h for h in r["running_hosts"] if h),
         facts=JobFacts(
             enabled=r["enabled"],
@@ -1218,6 +1273,8 @@ def _overview(r: asyncpg.Record) -> JobOverview:
             queued=r["queued"],
             version=r["version"],
             oldest_active_version=r["oldest_version"],
+            fault=r["fault"],
+            ended=bool(r["scheduled"]) and r["next_fire_at"] is None and r["fault"] is None,
         ),
     )
 

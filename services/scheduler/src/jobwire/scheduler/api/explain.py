@@ -89,6 +89,12 @@ async def explain(api: ApiContext, job: JobRecord, at: datetime) -> Explanation:
         )
     if definition.expires_at is not None and at >= definition.expires_at:
         return answer("expired", f"the job expired at {_show(definition.expires_at)}")
+    if job.fault is not None:
+        return answer(
+            "faulted",
+            f"the scheduler set the job aside: {job.fault}. Nothing fires until the "
+            "definition is changed, or the job is enabled or resumed again",
+        )
     if at > now:
         due = f"the slot is due in {_duration(at - now)}"
         if not job.enabled or job.paused:

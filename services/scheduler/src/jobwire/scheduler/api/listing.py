@@ -93,6 +93,8 @@ async def _items(api: ApiContext, rows: Sequence[JobSummary]) -> list[JobItem]:
                 tags=list(row.tags),
                 priority=row.priority,
                 version=facts.version,
+                fault=facts.fault,
+                faulted_at=o.faulted_at,
             )
         )
     return items

@@ -56,6 +56,13 @@ class JobItem(BaseModel):
     tags: list[str]
     priority: int
     version: int = Field(description="Definition version; send it back to update the job.")
+    fault: str | None = Field(
+        None,
+        description="Status Faulted: why the scheduler set the job aside (its next fire or "
+        "its run could not be computed). Cleared by changing the definition, or by "
+        "enabling or resuming the job.",
+    )
+    faulted_at: datetime | None = Field(None, description="When the job was set aside.")
 
 
 class JobDetail(JobItem):
@@ -189,6 +196,7 @@ Verdict = Literal[
     "not_yet_due",
     "not_a_slot",
     "before_start",
+    "faulted",
     "unknown",
 ]
 
@@ -202,6 +210,7 @@ class Explanation(BaseModel):
         "group_disabled: the job (or its group) was so at that time; expired / before_start: "
         "outside the job's active window; not_yet_due: the slot has not been fired yet; "
         "not_a_slot: the schedule has no slot at that time (see slot_before/slot_after); "
+        "faulted: the scheduler set the job aside (see the job's `fault`); "
         "unknown: no run and no recorded reason (e.g. history pruned)."
     )
     detail: str
@@ -221,6 +230,11 @@ class FireTime(BaseModel):
 class Preview(BaseModel):
     timezone: str
     fires: list[FireTime]
+    reason: str | None = Field(
+        None,
+        description="Set when there are fewer fires than asked for: why the schedule "
+        "has no more (a once in the past, an expiry, the end of the supported range).",
+    )
 
 
 class PreviewRequest(_Body):

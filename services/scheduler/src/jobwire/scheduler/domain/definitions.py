@@ -9,14 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from jobwire.contracts.errors import ContractError
 from jobwire.contracts.job_types import JobParams, params_model, validate_params
 from jobwire.contracts.listeners import ListenerParams
-from jobwire.scheduler.domain.schedule import CronSchedule, Schedule, next_fire
+from jobwire.scheduler.domain.schedule import (
+    EARLIEST_INSTANT,
+    LATEST_INSTANT,
+    CronSchedule,
+    OnceSchedule,
+    Schedule,
+    next_fire,
+)
 
 
 class _Strict(BaseModel):
@@ -85,17 +92,6 @@ class JobDefinition(_Strict):
         "active consumers sharing the load (kafka-subscriber, servicebus-listener)",
     )
 
-    @model_validator(mode="after")
-    def _window(self) -> Self:
-        if self.start_at and self.expires_at and self.expires_at <= self.start_at:
-            raise ValueError("expires_at must be later than start_at")
-        if any(a.job == self.name for a in self.after):
-            raise ValueError("after: a job cannot be chained to itself")
-        if isinstance(self.schedule, CronSchedule) and next_fire(self.schedule, _EPOCH) is None:
-            # e.g. "0 0 30 2 *": valid syntax, but a job that would never run.
-            raise ValueError("schedule: the cron expression never matches a date")
-        return self
-
     def first_fire(self, now: datetime) -> datetime | None:
         """The first slot to fire for a definition saved (or re-enabled) at ``now``."""
         if self.schedule is None:
@@ -118,12 +114,28 @@ class DefinitionError(ValueError):
         super().__init__("; ".join(f"{field}: {message}" for field, message in problems))
 
 
-def parse_definition(data: Mapping[str, Any]) -> JobDefinition:
-    """Validate a definition, its parameters included, or raise :class:`DefinitionError`."""
+def parse_definition(
+    data: Mapping[str, Any],
+    now: datetime | None = None,
+    previous: JobDefinition | None = None,
+) -> JobDefinition:
+    """Validate a definition, its parameters included, or raise :class:`DefinitionError`.
+
+    Given ``now`` — the definition is being saved — it is also refused when its
+    schedule can never fire again (see :func:`never_fires`); ``previous`` is the
+    definition it replaces.
+    """
     try:
         definition = JobDefinition.model_validate(dict(data))
     except ValidationError as exc:
         raise DefinitionError(_problems(exc)) from None
+    problems = _cross_field_problems(definition)
+    if problems:
+        raise DefinitionError(problems)
+    if now is not None:
+        problems = never_fires(definition, now, previous)
+        if problems:
+            raise DefinitionError(problems)
     try:
         params = validate_params(definition.type, definition.params)
     except ContractError as exc:
@@ -134,6 +146,89 @@ def parse_definition(data: Mapping[str, Any]) -> JobDefinition:
     if problems:
         raise DefinitionError(problems)
     return definition
+
+
+def _cross_field_problems(definition: JobDefinition) -> list[tuple[str, str]]:
+    """What no single field's validator can see; each problem names its field.
+
+    These checks live here rather than in a model validator: pydantic reports a
+    model validator's error at the model's own location, the whole body.
+    """
+    problems: list[tuple[str, str]] = []
+    for field, value in _instants(definition).items():
+        if not EARLIEST_INSTANT <= value < LATEST_INSTANT:
+            problems.append(
+                (
+                    field,
+                    f"must lie between {EARLIEST_INSTANT:%Y-%m-%d} and "
+                    f"{LATEST_INSTANT:%Y-%m-%d} (UTC), the range of times jobwire schedules",
+                )
+            )
+    if problems:
+        return problems  # the checks below compare these times
+    start, expires = definition.start_at, definition.expires_at
+    if start is not None and expires is not None and expires <= start:
+        problems.append(("expires_at", "must be later than start_at"))
+    if any(a.job == definition.name for a in definition.after):
+        problems.append(("after", "a job cannot be chained to itself"))
+    schedule = definition.schedule
+    if isinstance(schedule, CronSchedule) and next_fire(schedule, EARLIEST_INSTANT) is None:
+        # e.g. "0 0 30 2 *": valid syntax, but a job that would never run.
+        problems.append(("schedule.expression", "the cron expression never matches a date"))
+    return problems
+
+
+def _instants(definition: JobDefinition) -> dict[str, datetime]:
+    """Every instant a definition holds, by field path, in UTC."""
+    schedule = definition.schedule
+    found = {
+        "start_at": definition.start_at,
+        "expires_at": definition.expires_at,
+        "schedule.at": getattr(schedule, "at", None),
+        "schedule.anchor": getattr(schedule, "anchor", None),
+    }
+    instants = {}
+    for field, value in found.items():
+        if value is None:
+            continue
+        try:
+            instants[field] = value.astimezone(UTC)
+        except OverflowError:  # 9999-12-31T23:00-05:00 is valid ISO 8601, not a UTC time
+            instants[field] = LATEST_INSTANT
+    return instants
+
+
+# The parts of a definition that decide when it fires.
+_TIMING = ("schedule", "start_at", "expires_at")
+
+
+def never_fires(
+    definition: JobDefinition, now: datetime, previous: JobDefinition | None = None
+) -> list[tuple[str, str]]:
+    """The policy for schedules that can never fire again, the same for every kind:
+    a definition is refused when it is saved with a schedule that has no fire
+    left (a ``once`` in the past, an ``expires_at`` that has passed, a window no
+    slot falls into, a cron that matches no future date), naming the field that
+    makes it so. Saving a job whose timing is unchanged is not refused: a
+    ``once`` job that has fired can still be edited, and shows as Ended.
+    """
+    if definition.schedule is None or definition.first_fire(now) is not None:
+        return []
+    if previous is not None and all(
+        getattr(previous, f) == getattr(definition, f) for f in _TIMING
+    ):
+        return []
+    schedule = definition.schedule
+    when = f"{now.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+    if definition.expires_at is not None and definition.expires_at <= now:
+        return [("expires_at", f"has passed ({when} now): the job could never fire")]
+    if isinstance(schedule, OnceSchedule):
+        if schedule.at <= now:
+            return [("schedule.at", f"is in the past ({when} now): the job could never fire")]
+        return [("expires_at", "is before schedule.at: the job could never fire")]
+    if definition.expires_at is not None:
+        return [("expires_at", "no fire of the schedule falls before it: the job could never fire")]
+    return [("schedule", "has no fire after now: the job could never fire")]
 
 
 def is_listener(job_type: str) -> bool:
@@ -176,4 +271,3 @@ def _problems(exc: ValidationError, prefix: str | None = None) -> list[tuple[str
 
 
 _MICROSECOND = timedelta(microseconds=1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -24,7 +24,10 @@ Time zones and daylight saving time
   hours, so its local time moves when the clocks change. No horizon limit:
   a schedule next due in ten years works.
 * Once schedules fire once, at their ``at`` instant.
-* Every fire time is an aware UTC datetime.
+* Every fire time is an aware UTC datetime, earlier than ``LATEST_INSTANT``
+  (year 9000): a schedule whose next fire would be later has ended. The margin
+  to Python's and PostgreSQL's year 9999 keeps every computation on a fire time
+  (a time zone's offset, a grace period, a timestamp column) in range.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from jobwire.scheduler.domain.cron import CronExpression
 
 __all__ = [
+    "EARLIEST_INSTANT",
+    "LATEST_INSTANT",
     "CronSchedule",
     "IntervalSchedule",
     "OnceSchedule",
@@ -48,6 +53,9 @@ __all__ = [
 ]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# The instants a definition may name and a schedule may fire at.
+EARLIEST_INSTANT: Final = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_INSTANT: Final = datetime(9000, 1, 1, tzinfo=UTC)
 _ONE_SECOND: Final = timedelta(seconds=1)
 # Names that zoneinfo loads but that are not portable IANA zones.
 _NOT_ZONES: Final = frozenset({"localtime", "posixrules", "Factory"})
@@ -119,8 +127,13 @@ Schedule = Annotated[CronSchedule | IntervalSchedule | OnceSchedule, Field(discr
 def next_fire(schedule: Schedule, after: datetime) -> datetime | None:
     """The first fire time strictly after ``after`` (aware), in UTC; ``None`` if none.
 
-    ``None`` also when the next fire would fall after year 9999.
+    ``None`` also when the next fire would fall at or after ``LATEST_INSTANT``.
     """
+    fire = _next_fire(schedule, after)
+    return fire if fire is not None and fire < LATEST_INSTANT else None
+
+
+def _next_fire(schedule: Schedule, after: datetime) -> datetime | None:
     if after.tzinfo is None or after.utcoffset() is None:
         raise ValueError("after must be a timezone-aware datetime")
     # Everything in UTC: Python adds, subtracts and compares two datetimes that share

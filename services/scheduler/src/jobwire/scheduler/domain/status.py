@@ -21,6 +21,10 @@ class JobStatus(StrEnum):
     UNKNOWN = "Unknown"  # a run is running on a host that no longer reports
     SUSPENDED = "Suspended"  # a listener on standby: no instance runs it, some stand by
     FAILING = "Failing"  # a listener that cannot reach its source (error in the host registry)
+    # The firing loop could not handle the job (its next fire, its run): set
+    # aside with the error, so that it cannot stop the others, until it is fixed.
+    FAULTED = "Faulted"
+    ENDED = "Ended"  # a schedule with no fire left: a once that fired, an expired window
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +37,15 @@ class JobFacts:
     queued: int
     version: int  # of the definition
     oldest_active_version: int | None  # definition version its oldest active run fired with
+    fault: str | None = None  # why the firing loop set the job aside
+    ended: bool = False  # scheduled, and no fire is left
 
 
 def job_status(facts: JobFacts, live_hosts: frozenset[str]) -> JobStatus:
     if not facts.enabled or not facts.group_enabled:
         return JobStatus.DISABLED
+    if facts.fault is not None:
+        return JobStatus.FAULTED
     active = facts.dispatched + len(facts.running_hosts)
     if active:
         if any(host not in live_hosts for host in facts.running_hosts):
@@ -50,6 +58,8 @@ def job_status(facts: JobFacts, live_hosts: frozenset[str]) -> JobStatus:
         return JobStatus.PAUSED
     if facts.queued:
         return JobStatus.QUEUED
+    if facts.ended:
+        return JobStatus.ENDED
     return JobStatus.READY
 
 

@@ -76,9 +76,10 @@ async def create_job(
 ) -> JobDetail:
     check_json(definition.model_dump(exclude_unset=True), "")  # before NaN turns into null
     body = definition.model_dump(mode="json", exclude_unset=True)
-    parsed = parse_definition(body)
+    now = api.clock()
+    parsed = parse_definition(body, now=now)
     check_times(parsed)
-    record = await api.store.create(parsed, api.clock(), Audit(principal.name, "job.create"))
+    record = await api.store.create(parsed, now, Audit(principal.name, "job.create"))
     response.headers["Location"] = f"/api/v1/jobs/{quote(record.name, safe='')}"
     response.headers["ETag"] = f'"{record.version}"'
     return await job_detail(api, record)
@@ -116,10 +117,12 @@ async def update_job(
         )
     check_json(definition.model_dump(exclude_unset=True, exclude={"version"}), "")
     body = definition.model_dump(mode="json", exclude_unset=True, exclude={"version"})
-    parsed = parse_definition(body)
+    now = api.clock()
+    # A schedule with no fire left is refused only when the update changes the timing.
+    parsed = parse_definition(body, now=now, previous=(await api.store.get(name)).definition)
     check_times(parsed)
     record = await api.store.update(
-        name, parsed, expected, api.clock(), Audit(principal.name, "job.update")
+        name, parsed, expected, now, Audit(principal.name, "job.update")
     )
     response.headers["ETag"] = f'"{record.version}"'
     return await job_detail(api, record)

@@ -471,6 +471,8 @@
     const list = [];
     for (const [term, value] of facts) list.push(element("dt", {}, term), element("dd", {}, value));
     if (job.description) list.push(element("dt", {}, "Description"), element("dd", {}, job.description));
+    // Faulted: what the scheduler could not do; saving the definition again clears it.
+    if (job.fault) list.push(element("dt", {}, "Fault"), element("dd", { class: "fault" }, job.fault));
     $("detail-facts").replaceChildren(...list);
   }
 
