@@ -81,7 +81,7 @@ class CronSchedule(BaseModel):
         "month day-of-week' or 6 with seconds first; day-of-week 0 and 7 are Sunday; a "
         "6-field expression with '?' and a weekday number is refused as Quartz-like. "
         "Quartz dialect: see 'dialect'.",
-        examples=["0 9 * * MON-FRI", "0 0 12 L * ?", "0 15 10 ? * 6L 2026-2030"],
+        examples=["0 9 * * MON-FRI", "0 0 12 L * ?"],
     )
     timezone: str = Field(
         default="UTC",
