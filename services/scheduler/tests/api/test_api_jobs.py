@@ -356,3 +356,26 @@ async def test_status_comes_from_active_runs_and_the_host_registry(api) -> None:
         assert [(h["service"], h["host"]) for h in hosts] == [("worker", "worker-1")]
     finally:
         await registry.stop()
+
+
+async def test_a_quartz_expression_needs_the_quartz_dialect(api) -> None:  # type: ignore[no-untyped-def]
+    # Quartz's "last Friday" under the default dialect would fire on the last Saturday:
+    # refused on the expression field, naming the dialect.
+    copied = {"kind": "cron", "expression": "0 15 10 ? * 6L", "timezone": "Europe/Berlin"}
+    refused = await api.admin.post("/api/v1/jobs", json=start_workflow_job(schedule=copied))
+    assert refused.status_code == 422
+    assert fields(refused) == {"schedule.cron.expression"}
+    assert "dialect: quartz" in refused.json()["detail"]
+
+    quartz = start_workflow_job(schedule={**copied, "dialect": "quartz"})
+    assert (await api.admin.post("/api/v1/jobs", json=quartz)).status_code == 201
+    read = (await api.viewer.get("/api/v1/jobs/hello")).json()
+    assert read["definition"]["schedule"]["dialect"] == "quartz"
+    response = await api.viewer.get(
+        "/api/v1/jobs/hello/preview", params={"count": 2, "after": "2026-01-01T00:00:00Z"}
+    )
+    # Last Fridays: 30 January and 27 February 2026, 10:15 CET.
+    assert [f["at"] for f in response.json()["fires"]] == [
+        "2026-01-30T09:15:00Z",
+        "2026-02-27T09:15:00Z",
+    ]

@@ -232,19 +232,20 @@ def test_shape_errors(expression: str, fragment: str) -> None:
         ("0 0 12 30W * ?", D(2026, 5, 1), [D(2026, 5, 29, 12)]),
         # 31W does not fire in months without a 31st (like plain 31).
         ("0 0 12 31W * ?", D(2026, 4, 1), [D(2026, 5, 29, 12), D(2026, 7, 31, 12)]),
-        # Third Saturday (6 = Saturday in cron numbering, not Quartz's Friday).
-        ("0 0 12 ? * 6#3", D(2026, 1, 1), [D(2026, 1, 17, 12), D(2026, 2, 21, 12)]),
+        # Third Saturday (6 = Saturday in cron numbering, not Quartz's Friday). Five
+        # fields: with six and '?' a weekday number is refused as Quartz-like.
+        ("0 12 * * 6#3", D(2026, 1, 1), [D(2026, 1, 17, 12), D(2026, 2, 21, 12)]),
         ("0 0 12 ? * SAT#3", D(2026, 1, 1), [D(2026, 1, 17, 12), D(2026, 2, 21, 12)]),
         # Fifth Friday only exists in some months.
         ("0 0 12 ? * FRI#5", D(2026, 1, 1), [D(2026, 1, 30, 12), D(2026, 5, 29, 12)]),
         # Last Friday of the month.
         (
-            "0 0 12 ? * 5L",
+            "0 12 * * 5L",
             D(2026, 1, 1),
             [D(2026, 1, 30, 12), D(2026, 2, 27, 12), D(2026, 3, 27, 12)],
         ),
         ("0 0 12 ? * friL", D(2026, 1, 1), [D(2026, 1, 30, 12)]),
-        ("0 0 12 ? * 7L", D(2026, 1, 1), [D(2026, 1, 25, 12)]),
+        ("0 12 * * 7L", D(2026, 1, 1), [D(2026, 1, 25, 12)]),
         # Last weekday of the month: Sat 2026-02-28 -> Fri 27th; Sun 2026-05-31 -> Fri 29th.
         (
             "0 0 18 LW * ?",

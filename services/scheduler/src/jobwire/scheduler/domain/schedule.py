@@ -3,7 +3,8 @@
 Time zones and daylight saving time
 -----------------------------------
 * A cron schedule matches local wall-clock times in its IANA time zone
-  (``timezone``, default ``UTC``). In one rule: each matching wall-clock time
+  (``timezone``, default ``UTC``), read in its ``dialect`` (``standard`` or
+  ``quartz``, see :mod:`jobwire.scheduler.domain.cron`). In one rule: each matching wall-clock time
   fires at the first instant at which the zone's clock shows that time or later.
 * A matching local time that does not exist, because the clocks jump forward
   over it, fires once, at the first valid instant after the gap. In
@@ -37,9 +38,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
-from jobwire.scheduler.domain.cron import CronExpression
+from jobwire.scheduler.domain.cron import CronExpression, Dialect
 
 __all__ = [
     "EARLIEST_INSTANT",
@@ -67,9 +75,20 @@ class CronSchedule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["cron"]
+    # Declared before ``expression``: its validator reads the dialect.
+    dialect: Dialect = Field(
+        default="standard",
+        description="How the expression reads. 'standard': Unix cron, day-of-week 0 and 7 "
+        "are Sunday. 'quartz': Quartz's CronExpression, 6 or 7 fields "
+        "(second ... day-of-week [year]), day-of-week 1 = Sunday to 7 = Saturday, '?' in "
+        "exactly one of day-of-month and day-of-week.",
+        examples=["standard", "quartz"],
+    )
     expression: str = Field(
-        description="Cron expression: 5 fields 'minute hour day-of-month month day-of-week' "
-        "or 6 with seconds first; day-of-week 0 and 7 are Sunday.",
+        description="Cron expression. Standard dialect: 5 fields 'minute hour day-of-month "
+        "month day-of-week' or 6 with seconds first; day-of-week 0 and 7 are Sunday; a "
+        "6-field expression with '?' and a weekday number is refused as Quartz-like. "
+        "Quartz dialect: see 'dialect'.",
         examples=["0 9 * * MON-FRI", "0 0 12 L * ?"],
     )
     timezone: str = Field(
@@ -80,8 +99,10 @@ class CronSchedule(BaseModel):
 
     @field_validator("expression")
     @classmethod
-    def _valid_expression(cls, value: str) -> str:
-        _compiled(value)
+    def _valid_expression(cls, value: str, info: ValidationInfo) -> str:
+        dialect = info.data.get("dialect")
+        if dialect is not None:  # None: the dialect was refused, and that is the error
+            _compiled(value, dialect)
         return value
 
     @field_validator("timezone")
@@ -142,7 +163,8 @@ def _next_fire(schedule: Schedule, after: datetime) -> datetime | None:
     try:
         match schedule:
             case CronSchedule():
-                return _next_cron(_compiled(schedule.expression), _zone(schedule.timezone), after)
+                expression = _compiled(schedule.expression, schedule.dialect)
+                return _next_cron(expression, _zone(schedule.timezone), after)
             case IntervalSchedule():
                 anchor = _EPOCH if schedule.anchor is None else schedule.anchor.astimezone(UTC)
                 return _next_interval(schedule.every, anchor, after)
@@ -169,8 +191,8 @@ def preview(schedule: Schedule, after: datetime, count: int) -> list[datetime]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _compiled(expression: str) -> CronExpression:
-    return CronExpression.parse(expression)
+def _compiled(expression: str, dialect: Dialect) -> CronExpression:
+    return CronExpression.parse(expression, dialect)
 
 
 @functools.lru_cache(maxsize=1)
