@@ -23,14 +23,14 @@ async def test_the_largest_instant_the_api_took_is_refused_naming_its_field(api)
     """It used to be stored (201) and crash the firing loop on every restart."""
     response = await api.admin.post("/api/v1/jobs", json=once("9999-12-31T23:59:59.999999Z"))
     assert response.status_code == 422, response.text
-    assert fields(response) == {"schedule.at"}
+    assert fields(response) == {"schedule.once.at"}
 
 
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
         ({"start_at": "2030-01-02T00:00:00Z", "expires_at": "2030-01-01T00:00:00Z"}, "expires_at"),
-        ({"schedule": {"kind": "cron", "expression": "0 0 30 2 *"}}, "schedule.expression"),
+        ({"schedule": {"kind": "cron", "expression": "0 0 30 2 *"}}, "schedule.cron.expression"),
         ({"after": [{"job": "hello"}]}, "after"),
     ],
 )
@@ -44,7 +44,7 @@ async def test_a_job_that_could_never_fire_is_refused_and_a_preview_says_why(api
     past = (utcnow() - timedelta(hours=1)).isoformat()
     response = await api.admin.post("/api/v1/jobs", json=once(past))
     assert response.status_code == 422, response.text
-    assert fields(response) == {"schedule.at"}
+    assert fields(response) == {"schedule.once.at"}
     expired = start_workflow_job("expired", expires_at=past)
     response = await api.admin.post("/api/v1/jobs", json=expired)
     assert fields(response) == {"expires_at"}
@@ -52,7 +52,7 @@ async def test_a_job_that_could_never_fire_is_refused_and_a_preview_says_why(api
     preview = await api.viewer.post("/api/v1/preview", json={"definition": once(past)})
     assert preview.status_code == 200, preview.text
     assert preview.json()["fires"] == []
-    assert "schedule.at is in the past" in preview.json()["reason"]
+    assert "schedule.once.at is in the past" in preview.json()["reason"]
 
 
 async def test_a_once_job_that_fired_is_ended_and_still_editable(make_api) -> None:  # type: ignore[no-untyped-def]

@@ -549,5 +549,5 @@ def test_a_quartz_expression_whose_years_have_no_match_is_refused() -> None:
     with pytest.raises(DefinitionError) as caught:
         parse_definition(_definition({"expression": "0 0 0 29 2 ? 2097-2099", "dialect": "quartz"}))
     assert caught.value.problems == [
-        ("definition", "schedule: the cron expression never matches a date")
+        ("schedule.cron.expression", "the cron expression never matches a date")
     ]

@@ -81,7 +81,7 @@ def test_start_at_and_expiry_bound_the_first_fire() -> None:
 def test_a_cron_expression_that_never_matches_is_refused() -> None:
     with pytest.raises(DefinitionError, match="never matches") as caught:
         parse_definition(job(schedule={"kind": "cron", "expression": "0 0 30 2 *"}))
-    assert [f for f, _ in caught.value.problems] == ["schedule.expression"]
+    assert [f for f, _ in caught.value.problems] == ["schedule.cron.expression"]
 
 
 def test_a_job_cannot_follow_itself() -> None:
@@ -153,10 +153,10 @@ def test_a_storage_of_an_unknown_kind_is_named() -> None:
     ("field", "overrides"),
     [
         # The probe's crash: asyncpg stores datetime.max as `infinity`.
-        ("schedule.at", {"schedule": {"kind": "once", "at": "9999-12-31T23:59:59.999999Z"}}),
-        ("schedule.at", {"schedule": {"kind": "once", "at": "0001-01-01T00:00:00Z"}}),
+        ("schedule.once.at", {"schedule": {"kind": "once", "at": "9999-12-31T23:59:59.999999Z"}}),
+        ("schedule.once.at", {"schedule": {"kind": "once", "at": "0001-01-01T00:00:00Z"}}),
         (
-            "schedule.anchor",
+            "schedule.interval.anchor",
             {"schedule": {"kind": "interval", "every": "PT1S", "anchor": "0001-01-01T00:00Z"}},
         ),
         ("start_at", {"start_at": "9999-12-31T23:00:00-05:00"}),  # past UTC's year 9999
@@ -189,7 +189,7 @@ def never(data: dict[str, Any], previous: dict[str, Any] | None = None) -> list[
 
 def test_a_schedule_that_can_never_fire_is_refused_for_every_kind_naming_the_field() -> None:
     past = (NOW - timedelta(hours=1)).isoformat()
-    assert never(job(schedule={"kind": "once", "at": past})) == ["schedule.at"]
+    assert never(job(schedule={"kind": "once", "at": past})) == ["schedule.once.at"]
     assert never(job(expires_at=past)) == ["expires_at"]
     interval = {"kind": "interval", "every": "P1D", "anchor": NOW.isoformat()}
     window = {
@@ -210,6 +210,6 @@ def test_a_job_whose_schedule_ran_out_can_still_be_edited_when_its_timing_is_unc
     edited = {**fired, "description": "a once job that fired: still editable"}
     assert parse_definition(edited, now=NOW, previous=parse_definition(fired)).description
     moved = {**fired, "schedule": {"kind": "once", "at": (NOW - timedelta(minutes=5)).isoformat()}}
-    assert never(moved, previous=fired) == ["schedule.at"]
+    assert never(moved, previous=fired) == ["schedule.once.at"]
     future = {**fired, "schedule": {"kind": "once", "at": (NOW + timedelta(hours=1)).isoformat()}}
     assert parse_definition(future, now=NOW, previous=parse_definition(fired)).schedule

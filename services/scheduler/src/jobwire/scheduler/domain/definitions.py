@@ -174,18 +174,19 @@ def _cross_field_problems(definition: JobDefinition) -> list[tuple[str, str]]:
     schedule = definition.schedule
     if isinstance(schedule, CronSchedule) and next_fire(schedule, EARLIEST_INSTANT) is None:
         # e.g. "0 0 30 2 *": valid syntax, but a job that would never run.
-        problems.append(("schedule.expression", "the cron expression never matches a date"))
+        problems.append(("schedule.cron.expression", "the cron expression never matches a date"))
     return problems
 
 
 def _instants(definition: JobDefinition) -> dict[str, datetime]:
-    """Every instant a definition holds, by field path, in UTC."""
+    """Every instant a definition holds, by field path, in UTC (paths as pydantic
+    names them, with the schedule's kind: ``schedule.once.at``)."""
     schedule = definition.schedule
     found = {
         "start_at": definition.start_at,
         "expires_at": definition.expires_at,
-        "schedule.at": getattr(schedule, "at", None),
-        "schedule.anchor": getattr(schedule, "anchor", None),
+        "schedule.once.at": getattr(schedule, "at", None),
+        "schedule.interval.anchor": getattr(schedule, "anchor", None),
     }
     instants = {}
     for field, value in found.items():
@@ -224,8 +225,8 @@ def never_fires(
         return [("expires_at", f"has passed ({when} now): the job could never fire")]
     if isinstance(schedule, OnceSchedule):
         if schedule.at <= now:
-            return [("schedule.at", f"is in the past ({when} now): the job could never fire")]
-        return [("expires_at", "is before schedule.at: the job could never fire")]
+            return [("schedule.once.at", f"is in the past ({when} now): the job could never fire")]
+        return [("expires_at", "is before schedule.once.at: the job could never fire")]
     if definition.expires_at is not None:
         return [("expires_at", "no fire of the schedule falls before it: the job could never fire")]
     return [("schedule", "has no fire after now: the job could never fire")]
