@@ -142,7 +142,11 @@
 
   function describeSchedule(schedule) {
     if (!schedule) return "none (runs when started or chained)";
-    if (schedule.kind === "cron") return `cron ${schedule.expression} (${schedule.timezone || "UTC"})`;
+    if (schedule.kind === "cron") {
+      // A Quartz expression's day-of-week numbers mean other days: say which dialect.
+      const dialect = schedule.dialect === "quartz" ? "quartz " : "";
+      return `${dialect}cron ${schedule.expression} (${schedule.timezone || "UTC"})`;
+    }
     if (schedule.kind === "interval") return `every ${schedule.every}`;
     if (schedule.kind === "once") return `once, at ${localText(new Date(schedule.at))}`;
     return JSON.stringify(schedule);
