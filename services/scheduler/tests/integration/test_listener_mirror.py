@@ -117,3 +117,28 @@ async def _has(harness: Any, key: str) -> bool:
 
 async def _gone(harness: Any) -> bool:
     return await _mirrored(harness) == {}
+
+
+async def test_a_listener_whose_stored_definition_breaks_is_faulted_and_the_rest_mirrored(
+    make_scheduler: Any,
+) -> None:
+    harness = await make_scheduler()
+    store, mirror = harness.store, harness.scheduler.mirror
+    now = utcnow()
+    good = await store.create(parse_definition(LISTENER), now)
+    broken = await store.create(parse_definition({**LISTENER, "name": "broken"}), now)
+    # As if an upgrade tightened a rule: the stored definition no longer parses.
+    await store.pool.execute(
+        """UPDATE scheduler.jobs SET definition = jsonb_set(definition, '{replicas}', '"many"'),
+               version = version + 1 WHERE name = 'broken'"""
+    )
+    await mirror.sync()
+    mirrored = await _mirrored(harness)
+    assert str(good.id) in mirrored
+    assert str(broken.id) not in mirrored
+    fault = await store.pool.fetchval("SELECT fault FROM scheduler.jobs WHERE name = 'broken'")
+    assert "stored definition is invalid" in fault
+    # Edits to the good one still reach the listeners.
+    await store.set_paused(LISTENER["name"], True, now)
+    await mirror.sync()
+    assert str(good.id) not in await _mirrored(harness)

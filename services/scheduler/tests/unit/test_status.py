@@ -98,3 +98,7 @@ def test_a_faulted_job_says_so_whatever_else_is_true() -> None:
 def test_a_schedule_with_no_fire_left_is_ended_not_ready() -> None:
     assert job_status(replace(IDLE, ended=True), frozenset()) == "Ended"
     assert job_status(replace(IDLE, ended=True, paused=True), frozenset()) == "Paused"
+
+
+def test_a_faulted_listener_says_so() -> None:
+    assert listener_status(replace(IDLE, fault="its stored definition is invalid"), []) == "Faulted"

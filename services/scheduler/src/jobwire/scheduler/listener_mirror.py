@@ -91,7 +91,13 @@ class ListenerMirror:
             except KeyNotFoundError:
                 current = None
             if current != value:
-                await kv.put(key, value)
+                try:
+                    await kv.put(key, value)
+                except Exception as exc:  # one (say, too large) must not stop the rest
+                    if not self.broker.nc.is_connected:
+                        raise
+                    log.error("scheduler.listener_mirror_refused", job_id=key, error=repr(exc))
+                    continue
                 writes += 1
         for key in keys - wanted.keys():
             await kv.delete(key)

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 from pydantic import ValidationError
 
+from jobwire.contracts.envelope import utcnow
 from jobwire.runtime.logs import get_logger
 from jobwire.scheduler.domain.definitions import JobDefinition
 from jobwire.scheduler.domain.status import JobFacts
@@ -399,7 +400,10 @@ class PostgresJobStore:
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
 
     async def listener_jobs(self, types: Sequence[str]) -> list[tuple[JobRecord, bool]]:
-        """Every job of the listener ``types``, and whether its group is enabled."""
+        """Every job of the listener ``types``, and whether its group is enabled.
+
+        A job whose stored definition no longer parses is faulted and left out:
+        it must not keep the other listeners from being mirrored."""
         rows = await self.pool.fetch(
             f"""SELECT {", ".join(f"j.{c}" for c in _JOB_COLUMNS.split(", "))},
                        coalesce(g.enabled, true) AS group_enabled
@@ -408,7 +412,18 @@ class PostgresJobStore:
                 WHERE j.type = ANY($1::text[])""",
             list(types),
         )
-        return [(_record(row), row["group_enabled"]) for row in rows]
+        jobs, broken = [], []
+        for row in rows:
+            try:
+                jobs.append((_record(row), row["group_enabled"]))
+            except Exception as exc:
+                if row["fault"] is None:
+                    error = f"its stored definition is invalid: {exc}"
+                    broken.append((row["id"], row["name"], error))
+        if broken:
+            async with self.pool.acquire() as conn:
+                await self.fault_jobs(conn, broken, utcnow())
+        return jobs
 
     async def runs(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(

@@ -76,6 +76,8 @@ def listener_status(facts: JobFacts, slots: Sequence[SlotFacts]) -> JobStatus:
     """A listener job's status: it has no runs, only slots on live instances."""
     if not facts.enabled or not facts.group_enabled:
         return JobStatus.DISABLED
+    if facts.fault is not None:
+        return JobStatus.FAULTED
     if facts.paused:
         return JobStatus.PAUSED
     active = [s for s in slots if s.state in ("Starting", "Running", "RecyclePending")]
