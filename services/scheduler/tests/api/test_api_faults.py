@@ -95,3 +95,23 @@ async def test_a_faulted_job_shows_its_error_and_saving_it_again_clears_it(api) 
     assert saved.json()["status"] == "Ready"
     assert saved.json()["fault"] is None
     assert saved.json()["next_run_at"] is not None
+
+
+async def test_a_job_whose_stored_definition_breaks_can_be_read_replaced_and_deleted(api) -> None:  # type: ignore[no-untyped-def]
+    """As after an upgrade that tightened a rule: the API must not answer 500."""
+    for name in ("broken", "doomed"):
+        created = await api.admin.post("/api/v1/jobs", json=start_workflow_job(name))
+        assert created.status_code == 201, created.text
+    await api.pool.execute(
+        """UPDATE scheduler.jobs SET definition = jsonb_set(definition, '{priority}', '"high"'),
+               version = version + 1 WHERE name IN ('broken', 'doomed')"""
+    )
+    read = await api.viewer.get("/api/v1/jobs/broken")
+    assert read.status_code == 200, read.text
+    saved = await api.admin.put(
+        "/api/v1/jobs/broken", json=start_workflow_job("broken"), headers={"If-Match": '"2"'}
+    )
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["definition"]["priority"] == 0
+    deleted = await api.admin.delete("/api/v1/jobs/doomed")
+    assert deleted.status_code == 204, deleted.text

@@ -162,6 +162,38 @@ def _record(row: asyncpg.Record) -> JobRecord:
     )
 
 
+def _readable_record(row: asyncpg.Record) -> JobRecord:
+    """A job as stored, also when its definition no longer parses (say, after an
+    upgrade tightened a rule): an operator must still be able to read, replace
+    or delete it. The fields that fail are shown with their defaults, and the
+    record's fault says which ones and why."""
+    try:
+        return _record(row)
+    except ValidationError as exc:
+        stored = dict(row["definition"]) if isinstance(row["definition"], dict) else {}
+        bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        salvaged = {k: v for k, v in stored.items() if k not in bad}
+        try:
+            definition = JobDefinition.model_validate(salvaged)
+        except ValidationError:
+            definition = JobDefinition.model_validate({"name": row["name"], "type": "unknown"})
+        error = row["fault"] or (
+            f"its stored definition is invalid ({', '.join(sorted(bad))} shown as defaults): "
+            + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        )
+        return JobRecord(
+            id=row["id"],
+            name=row["name"],
+            definition=definition,
+            enabled=row["enabled"],
+            paused=row["paused"],
+            next_fire_at=_instant(row["next_fire_at"]),
+            state=row["state"],
+            version=row["version"],
+            fault=error[:_FAULT_CHARS],
+        )
+
+
 def _instant(value: datetime | None) -> datetime | None:
     """A stored time, or None for ±infinity, which asyncpg returns as naive
     ``datetime.max``/``min`` (and writes for them): never let one out as a time."""
@@ -262,7 +294,7 @@ class PostgresJobStore:
             record = _record(row)
             if audit is not None:
                 # Under the name it has now: a rename starts the new name's history.
-                before = job_view(_record(current))
+                before = job_view(_readable_record(current))
                 await self.write_audit(
                     conn, audit, "job", record.name, before, job_view(record), at=now
                 )
@@ -369,7 +401,7 @@ class PostgresJobStore:
         )
         if row is None:
             raise JobNotFound(name)
-        return _record(row)
+        return _readable_record(row)
 
     async def job_of_run(self, conn: asyncpg.Connection, run_id: uuid.UUID) -> uuid.UUID | None:
         job_id: uuid.UUID | None = await conn.fetchval(
@@ -396,7 +428,8 @@ class PostgresJobStore:
             if expected_version is not None and row["version"] != expected_version:
                 raise VersionConflict(name, expected_version, row["version"])
             if audit is not None:
-                await self.write_audit(conn, audit, "job", name, job_view(_record(row)), None)
+                before = job_view(_readable_record(row))
+                await self.write_audit(conn, audit, "job", name, before, None)
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
 
     async def listener_jobs(self, types: Sequence[str]) -> list[tuple[JobRecord, bool]]:
