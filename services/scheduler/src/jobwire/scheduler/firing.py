@@ -35,6 +35,7 @@ from jobwire.scheduler.adapters.store import (
     PostgresJobStore,
 )
 from jobwire.scheduler.dispatch import START_WORKFLOW, Dispatcher, run_id_for
+from jobwire.scheduler.domain.definitions import describe_error
 from jobwire.scheduler.domain.planner import DuePlan, admit, plan_due
 
 log = get_logger("jobwire.scheduler.firing")
@@ -85,7 +86,13 @@ class Firer:
                 try:
                     plans[job.id] = _plan(job, now)
                 except Exception as exc:  # any failure is this job's alone
-                    faults.append((job.id, job.name, f"its next fire cannot be computed: {exc!r}"))
+                    faults.append(
+                        (
+                            job.id,
+                            job.name,
+                            f"its next fire cannot be computed: {describe_error(exc)}",
+                        )
+                    )
             guarded = [
                 job.id
                 for job in jobs
@@ -101,17 +108,24 @@ class Firer:
                 try:
                     decided.append(self._decide(job, plans[job.id], counts, now, context))
                 except Exception as exc:
-                    faults.append((job.id, job.name, f"its run cannot be built: {exc!r}"))
+                    faults.append(
+                        (job.id, job.name, f"its run cannot be built: {describe_error(exc)}")
+                    )
             if isolate:
+                written = []
                 for one in decided:
                     try:
                         async with conn.transaction():  # a savepoint
                             await self._write(conn, [one])
+                        written.append(one)
                     except Exception as exc:  # the connection is still good
                         if connection_lost(exc):
                             raise
                         job = one.job
-                        faults.append((job.id, job.name, f"its run cannot be stored: {exc!r}"))
+                        faults.append(
+                            (job.id, job.name, f"its run cannot be stored: {describe_error(exc)}")
+                        )
+                decided = written
             else:
                 await self._write(conn, decided)
             await self.store.fault_jobs(conn, faults, now)

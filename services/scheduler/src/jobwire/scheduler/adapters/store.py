@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from jobwire.contracts.envelope import utcnow
 from jobwire.runtime.logs import get_logger
-from jobwire.scheduler.domain.definitions import JobDefinition
+from jobwire.scheduler.domain.definitions import JobDefinition, describe_error
 from jobwire.scheduler.domain.status import JobFacts
 
 log = get_logger("jobwire.scheduler.store")
@@ -179,7 +179,7 @@ def _readable_record(row: asyncpg.Record) -> JobRecord:
             definition = JobDefinition.model_validate({"name": row["name"], "type": "unknown"})
         error = row["fault"] or (
             f"its stored definition is invalid ({', '.join(sorted(bad))} shown as defaults): "
-            + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            + describe_error(exc)
         )
         return JobRecord(
             id=row["id"],
@@ -451,7 +451,7 @@ class PostgresJobStore:
                 jobs.append((_record(row), row["group_enabled"]))
             except Exception as exc:
                 if row["fault"] is None:
-                    error = f"its stored definition is invalid: {exc}"
+                    error = f"its stored definition is invalid: {describe_error(exc)}"
                     broken.append((row["id"], row["name"], error))
         if broken:
             async with self.pool.acquire() as conn:
@@ -537,7 +537,13 @@ class PostgresJobStore:
             except ValidationError as exc:
                 # A stored definition the current code refuses (say, after an
                 # upgrade tightened a rule): set that job aside, fire the rest.
-                broken.append((row["id"], row["name"], f"its stored definition is invalid: {exc}"))
+                broken.append(
+                    (
+                        row["id"],
+                        row["name"],
+                        f"its stored definition is invalid: {describe_error(exc)}",
+                    )
+                )
         await self.fault_jobs(conn, broken, now)
         return records
 

@@ -261,6 +261,16 @@ def _listener_problems(definition: JobDefinition, params: JobParams) -> list[tup
     return problems
 
 
+def describe_error(exc: Exception) -> str:
+    """An error as an operator reads it, without the values involved: a job's
+    params may hold what a viewer of the Jobs Management page should not see."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _problems(exc: ValidationError, prefix: str | None = None) -> list[tuple[str, str]]:
     problems = []
     for error in exc.errors():
