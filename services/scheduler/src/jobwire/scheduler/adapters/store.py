@@ -534,7 +534,7 @@ class PostgresJobStore:
         for row in rows:
             try:
                 records.append(_record(row))
-            except ValidationError as exc:
+            except Exception as exc:
                 # A stored definition the current code refuses (say, after an
                 # upgrade tightened a rule): set that job aside, fire the rest.
                 broken.append(
