@@ -22,6 +22,11 @@ class SchedulerOptions(BaseModel):
         gt=0,
         description="how often listener jobs are mirrored to NATS KV besides on every change",
     )
+    max_request_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="largest admin API request body; a larger one gets 413 before it is read",
+    )
     sample_job: bool = Field(
         False, description="create a sample start-workflow job (used by `jobwire dev`)"
     )

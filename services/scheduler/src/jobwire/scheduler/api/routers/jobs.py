@@ -13,6 +13,7 @@ from jobwire.scheduler.api.context import ApiContext, api_of
 from jobwire.scheduler.api.explain import explain
 from jobwire.scheduler.api.inputs import check_json, check_times, clean_request, parse_etag
 from jobwire.scheduler.api.listing import job_detail, job_page
+from jobwire.scheduler.api.payloads import check_definition
 from jobwire.scheduler.api.previews import preview_definition
 from jobwire.scheduler.api.problems import RESPONSES, ProblemError, documented
 from jobwire.scheduler.api.routers.runs import RunFilters, run_page
@@ -78,6 +79,7 @@ async def create_job(
     body = definition.model_dump(mode="json", exclude_unset=True)
     parsed = parse_definition(body)
     check_times(parsed)
+    check_definition(api, parsed, api.clock())
     record = await api.store.create(parsed, api.clock(), Audit(principal.name, "job.create"))
     response.headers["Location"] = f"/api/v1/jobs/{quote(record.name, safe='')}"
     response.headers["ETag"] = f'"{record.version}"'
@@ -118,6 +120,7 @@ async def update_job(
     body = definition.model_dump(mode="json", exclude_unset=True, exclude={"version"})
     parsed = parse_definition(body)
     check_times(parsed)
+    check_definition(api, parsed, api.clock(), await api.store.get(name))
     record = await api.store.update(
         name, parsed, expected, api.clock(), Audit(principal.name, "job.update")
     )
