@@ -344,3 +344,30 @@ async def test_a_backfill_range_that_ends_before_it_starts_names_from_and_to(api
     )
     assert response.status_code == 422, response.text
     assert fields(response) == {"from", "to"}
+
+
+async def test_requests_past_the_concurrency_limit_wait_their_turn(make_api) -> None:  # type: ignore[no-untyped-def]
+    api = await make_api()
+    api.context.max_concurrent_requests = 1
+    job = start_workflow_job("held", schedule={"kind": "interval", "every": "PT1H"})
+    assert (await api.admin.post("/api/v1/jobs", json=job)).status_code == 201
+    async with api.pool.acquire() as conn:
+        holding = conn.transaction()
+        await holding.start()
+        await conn.execute("SELECT 1 FROM scheduler.jobs WHERE name = 'held' FOR UPDATE")
+        # A rename waits on the row lock, holding the one slot...
+        blocked = asyncio.create_task(
+            api.admin.put(
+                "/api/v1/jobs/held",
+                json=start_workflow_job("held2"),
+                headers={"If-Match": '"1"'},
+            )
+        )
+        await wait_for(lambda: _blocked_on_a_lock(api.pool), timeout=10)
+        # ...so a read waits for the slot, not on the database.
+        waiting = asyncio.create_task(api.viewer.get("/api/v1/jobs"))
+        done, _ = await asyncio.wait({waiting}, timeout=0.5)
+        assert not done
+        await holding.rollback()
+        assert (await blocked).status_code == 200
+    assert (await waiting).json()["items"][0]["name"] == "held2"

@@ -27,6 +27,12 @@ class SchedulerOptions(BaseModel):
         ge=1024,
         description="largest admin API request body; a larger one gets 413 before it is read",
     )
+    max_concurrent_requests: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="admin API requests handled at once; more wait their turn, unread",
+    )
     sample_job: bool = Field(
         False, description="create a sample start-workflow job (used by `jobwire dev`)"
     )

@@ -52,6 +52,7 @@ class ApiContext:
     on_outbox: Callable[[], None] = _nothing
     history_days: float = 30.0
     max_request_bytes: int = 1024 * 1024
+    max_concurrent_requests: int = 4
     version: str = VERSION
     hosts_ttl_seconds: float = 2.0
     _store: PostgresJobStore | None = field(default=None, init=False, repr=False)
@@ -77,6 +78,7 @@ class ApiContext:
             checks=ctx.readiness.report,
             history_days=options.history_days if options else 30.0,
             max_request_bytes=options.max_request_bytes if options else 1024 * 1024,
+            max_concurrent_requests=options.max_concurrent_requests if options else 4,
         )
 
     @property

@@ -5,6 +5,11 @@ that authenticate it, so without this an anonymous client could make the
 scheduler buffer (and parse) any amount of data — on the event loop that also
 fires the jobs. This pure ASGI middleware, in front of the routes:
 
+0. handles at most ``max_concurrent_requests`` requests at once; the others wait
+   their turn, their bodies unread. That bounds the memory held in bodies (that
+   many times ``max_request_bytes``) and, as the API shares its event loop with the
+   firing loop, how many API callbacks queue ahead of a fire at each of its
+   awaits: a flood of requests then waits in the sockets, not in the loop;
 1. authenticates from the ``Authorization`` header alone (401 before a byte of
    the body is read) on every ``/api/v1`` path but the public ones;
 2. refuses a body larger than ``max_request_bytes``: by its ``Content-Length``
@@ -19,6 +24,7 @@ server does not go on receiving (and discarding) the rest of it.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 
@@ -69,11 +75,18 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, api: ApiContext) -> None:
         self.app = app
         self.api = api
+        self._slots: asyncio.Semaphore | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in PUBLIC:
             await self.app(scope, receive, send)
             return
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.api.max_concurrent_requests)
+        async with self._slots:
+            await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         length_header = headers.get("content-length")
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
