@@ -14,8 +14,8 @@ process, the kit's uvicorn serving the API. Two rounds on the same service:
 
 1. ``baseline`` — 2,000 one-shot start-workflow jobs due at one instant
    ``--lead`` seconds ahead (inserted as ``PostgresJobStore.create`` writes them,
-   then NOTIFY). Fire lag of a job = when its StartWorkflow reaches a core NATS
-   subscriber in this process, minus the due instant.
+   then NOTIFY). Fire lag of a job = when JetStream stored its StartWorkflow
+   (the message's stream timestamp), minus the due instant.
 2. ``flooded`` — the same burst (new jobs) while ``--clients`` concurrent clients
    flood the API from ``--warmup`` seconds before the due instant until the last
    StartWorkflow arrived. Each client cycles through: valid list, create and
@@ -62,7 +62,6 @@ from jobwire.scheduler.domain.definitions import parse_definition
 
 PACKAGES = ("jobwire-scheduler", "fastapi", "starlette", "uvicorn", "asyncpg", "httpx")
 GOAL_P99_MS = 250
-BURST_WORKFLOW = "bench"
 FLOOD_TARGET = "flood-target"
 MiB = 1024 * 1024
 
@@ -92,7 +91,9 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-async def insert_burst(pool: asyncpg.Pool, label: str, count: int, due: datetime) -> None:
+async def insert_burst(
+    pool: asyncpg.Pool, label: str, workflow: str, count: int, due: datetime
+) -> None:
     """``count`` one-shot jobs due at ``due``, as ``PostgresJobStore.create`` writes them."""
     now = datetime.now(UTC)
     rows = []
@@ -102,7 +103,7 @@ async def insert_burst(pool: asyncpg.Pool, label: str, count: int, due: datetime
                 "name": f"{label}-{i}",
                 "type": "start-workflow",
                 "schedule": {"kind": "once", "at": due.isoformat()},
-                "params": {"workflow": BURST_WORKFLOW, "input": {"job": i}},
+                "params": {"workflow": workflow, "input": {"job": i}},
             }
         )
         rows.append(
@@ -119,6 +120,37 @@ async def insert_burst(pool: asyncpg.Pool, label: str, count: int, due: datetime
         )
     await pool.execute(_INSERT, *([r[i] for r in rows] for i in range(8)))
     await pool.execute("SELECT pg_notify('jobwire_scheduler_jobs', '')")
+
+
+# -- fire times, as JetStream stored them ------------------------------------------------
+
+
+async def wait_stored(broker: Broker, subject: str, count: int, timeout: float) -> None:
+    stream = broker.subjects.stream_name(Stream.WORKFLOWS)
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await broker.js.stream_info(stream, subjects_filter=subject)
+        if (info.state.subjects or {}).get(subject, 0) >= count:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fewer than {count} messages on {subject} after {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def stored_at(broker: Broker, subject: str, count: int) -> list[float]:
+    """When the stream stored each message on ``subject`` (the server's clock, so the
+    flood's clients in this process do not delay the reading)."""
+    stream = broker.subjects.stream_name(Stream.WORKFLOWS)
+    psub = await broker.js.pull_subscribe(subject, stream=stream)
+    times: list[float] = []
+    try:
+        while len(times) < count:
+            for msg in await psub.fetch(min(500, count - len(times)), timeout=5):
+                times.append(msg.metadata.timestamp.timestamp())
+                await msg.ack()
+    finally:
+        await psub.unsubscribe()
+    return times
 
 
 # -- the flood -------------------------------------------------------------------------------
@@ -279,16 +311,8 @@ async def burst_round(
     args: argparse.Namespace,
     flood: Flood | None,
 ) -> dict[str, Any]:
-    arrivals: list[float] = []
-    done = asyncio.Event()
-
-    async def arrived(_: Any) -> None:
-        arrivals.append(time.time())
-        if len(arrivals) >= args.jobs:
-            done.set()
-
-    subject = broker.subjects.workflow_start(BURST_WORKFLOW)
-    subscription = await broker.nc.subscribe(subject, cb=arrived, pending_msgs_limit=-1)
+    workflow = f"burst-{label}"  # a subject of its own per round
+    subject = broker.subjects.workflow_start(workflow)
     stop_probe = asyncio.Event()
     probe = asyncio.create_task(probe_health(base, stop_probe))
     flooding = asyncio.create_task(flood.run()) if flood is not None else None
@@ -298,10 +322,10 @@ async def burst_round(
         if flood is not None:
             await asyncio.sleep(args.warmup)  # the flood at full strength before the burst
         due = (datetime.now(UTC) + timedelta(seconds=args.lead)).replace(microsecond=0)
-        await insert_burst(pool, f"{label}-burst", args.jobs, due)
+        await insert_burst(pool, f"{label}-burst", workflow, args.jobs, due)
         if datetime.now(UTC) > due - timedelta(seconds=0.5):
             raise RuntimeError("burst setup overran the due instant; raise --lead")
-        await asyncio.wait_for(done.wait(), timeout=args.lead + 120)
+        await wait_stored(broker, subject, args.jobs, timeout=args.lead + 120)
     finally:
         if flood is not None:
             flood.stopping.set()
@@ -309,8 +333,8 @@ async def burst_round(
         health = await probe
         if flooding is not None:
             await flooding
-        await subscription.unsubscribe()
     seconds = time.monotonic() - began
+    arrivals = await stored_at(broker, subject, args.jobs)
     lags = lag_summary([a - due.timestamp() for a in arrivals])
     health_ms = sorted(h * 1000 for h in health)
     result: dict[str, Any] = {
@@ -449,7 +473,7 @@ def main() -> None:
             "nats": "private nats-server, same machine"
             if nats_server
             else "JOBWIRE_BENCH_NATS_URL",
-            "clients": "this process (also the NATS subscriber timing the fires): httpx over "
+            "clients": "this process: httpx over "
             "HTTP/1.1 keep-alive, one connection per client; raw sockets for the 50 MB bodies",
         },
         "wall_seconds": round(time.time() - started, 1),

@@ -49,6 +49,7 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 # Opening brackets → +1, closing → -1 (as signed bytes): the running sum is the depth.
 _STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_SLICE = 16 * 1024
 
 
 def nested_deeper_than(body: bytes, limit: int) -> bool:
@@ -57,7 +58,15 @@ def nested_deeper_than(body: bytes, limit: int) -> bool:
     if body.count(b"[") + body.count(b"{") <= limit:
         return False  # not enough brackets to go that deep
     brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS).translate(_STEPS)
-    return max(itertools.accumulate(memoryview(brackets).cast("b")), default=0) > limit
+    steps = memoryview(brackets).cast("b")
+    depth = 0
+    # A slice at a time: a body built to be deep is found out in its first slice.
+    for start in range(0, len(steps), _SLICE):
+        piece = steps[start : start + _SLICE]
+        if max(itertools.accumulate(piece, initial=depth)) > limit:
+            return True
+        depth += sum(piece)
+    return False
 
 
 def body_problem(body: bytes) -> str | None:
