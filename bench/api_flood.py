@@ -8,9 +8,8 @@ measures whether it does.
 Everything runs on this machine: a private PostgreSQL and nats-server (unless
 ``JOBWIRE_BENCH_DATABASE_URL`` / ``JOBWIRE_BENCH_NATS_URL`` point elsewhere), and
 the scheduler service as deployed — ``python -m jobwire.cli scheduler`` in its own
-process, the kit's uvicorn serving the API. Two rounds on the same service:
-
-``--rounds`` times, alternating:
+process, the kit's uvicorn serving the API. On that one service, ``--rounds``
+times, alternating:
 
 1. ``baseline`` — 2,000 one-shot start-workflow jobs due at one instant
    ``--lead`` seconds ahead (inserted as ``PostgresJobStore.create`` writes them,
@@ -25,8 +24,9 @@ process, the kit's uvicorn serving the API. Two rounds on the same service:
    authenticated (413) and not (401). Answers per kind and status are counted.
 
 The result is the median over the rounds of each kind's p99. During every round
-``/healthz`` is probed every 50 ms (its latency shows event
-loop stalls) and the service's RSS is read from /proc before and after.
+``/healthz`` is probed every 50 ms from this process (so under the flood its
+latency includes this process's own busy loop) and the service's RSS is read from
+/proc before and after.
 """
 
 from __future__ import annotations
