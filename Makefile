@@ -49,8 +49,9 @@ openapi-check: install ## fail when the committed OpenAPI document differs from 
 	$(RUN) python -m jobwire.scheduler.api.openapi --check
 
 .PHONY: bench-api
-bench-api: install ## admin API benchmark (list p99, sustained trigger rate) → bench/results/api.json
+bench-api: install ## admin API benchmark (list p99, sustained trigger rate, fire lag under an API flood) → bench/results/api.json
 	$(RUN) python bench/api.py --out bench/results/api.json
+	$(RUN) python bench/api_flood.py --out bench/results/api.json
 
 .PHONY: bench-listeners
 bench-listeners: install ## listener benchmarks (Kafka vs bare loop, 10k files, Service Bus peer, IMAP) → bench/results/listeners.json

@@ -22,6 +22,17 @@ class SchedulerOptions(BaseModel):
         gt=0,
         description="how often listener jobs are mirrored to NATS KV besides on every change",
     )
+    max_request_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="largest admin API request body; a larger one gets 413 before it is read",
+    )
+    max_concurrent_requests: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="admin API requests handled at once; more wait their turn, unread",
+    )
     sample_job: bool = Field(
         False, description="create a sample start-workflow job (used by `jobwire dev`)"
     )

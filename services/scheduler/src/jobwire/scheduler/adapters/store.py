@@ -274,21 +274,25 @@ class PostgresJobStore:
             if current["version"] != expected_version:
                 raise VersionConflict(name, expected_version, current["version"])
             await self._ensure_group(conn, definition.group)
-            row = await conn.fetchrow(
-                f"""UPDATE {self.schema}.jobs SET
-                        name = $2, type = $3, definition = $4, enabled = $5, group_name = $6,
-                        priority = $7, next_fire_at = $8, version = version + 1,
-                        fault = NULL, faulted_at = NULL, updated_at = now()
-                    WHERE name = $1 RETURNING {_JOB_COLUMNS}""",
-                name,
-                definition.name,
-                definition.type,
-                definition.model_dump(mode="json"),
-                definition.enabled,
-                definition.group,
-                definition.priority,
-                definition.first_fire(now),
-            )
+            try:
+                row = await conn.fetchrow(
+                    f"""UPDATE {self.schema}.jobs SET
+                            name = $2, type = $3, definition = $4, enabled = $5,
+                            group_name = $6, priority = $7, next_fire_at = $8,
+                            version = version + 1, fault = NULL, faulted_at = NULL,
+                            updated_at = now()
+                        WHERE name = $1 RETURNING {_JOB_COLUMNS}""",
+                    name,
+                    definition.name,
+                    definition.type,
+                    definition.model_dump(mode="json"),
+                    definition.enabled,
+                    definition.group,
+                    definition.priority,
+                    definition.first_fire(now),
+                )
+            except asyncpg.UniqueViolationError:  # renamed onto another job's name
+                raise JobExists(definition.name) from None
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
             assert row is not None
             record = _record(row)

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from jobwire.runtime.service import VERSION
 from jobwire.scheduler.api import problems
 from jobwire.scheduler.api.context import ApiContext
+from jobwire.scheduler.api.guard import RequestGuard
 from jobwire.scheduler.api.routers import actions, admin, jobs, runs, system
 
 DESCRIPTION = """\
@@ -20,6 +21,12 @@ Roles: **viewer** reads; **operator** also acts on jobs, runs and groups;
 **admin** also changes definitions, tokens, and reads the audit log.
 Errors are RFC 7807 `application/problem+json` documents whose `errors` name
 each offending field.
+
+Limits: a request body is JSON (`Content-Type: application/json`, else 415),
+UTF-8, nested at most 64 levels (else 400), and at most the scheduler's
+`max_request_bytes` (default 1 MiB, else 413). The token is checked before the
+body is read. A definition (or trigger) whose message would exceed the NATS
+server's `max_payload` is refused with 422 naming `params`.
 """
 
 
@@ -33,6 +40,7 @@ def create_app(api: ApiContext) -> FastAPI:
         redoc_url=None,
     )
     app.state.api = api
+    app.add_middleware(RequestGuard, api=api)
     problems.install(app)
     for module in (system, jobs, actions, runs, admin):
         app.include_router(module.router)

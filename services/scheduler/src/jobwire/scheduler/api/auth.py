@@ -15,8 +15,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobwire.scheduler.api.context import api_of
+from jobwire.scheduler.api.guard import STATE_KEY
 from jobwire.scheduler.api.problems import ProblemError
-from jobwire.scheduler.api.tokens import Role, authenticate
+from jobwire.scheduler.api.tokens import Role, TokenInfo, authenticate
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -36,6 +37,10 @@ async def _principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    # The request guard (guard.py) authenticated before the body was read.
+    checked: TokenInfo | None = getattr(request.state, STATE_KEY, None)
+    if checked is not None:
+        return Principal(checked.name, checked.role)
     if credentials is None:
         raise ProblemError(
             401, "Unauthorized", "send `Authorization: Bearer <token>`", headers=_CHALLENGE

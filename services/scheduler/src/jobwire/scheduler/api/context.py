@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from jobwire.scheduler.api.backfills import Backfills
 
 
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # NATS' own default max_payload
+
+
 def _nothing() -> None:
     return None
 
@@ -48,6 +51,8 @@ class ApiContext:
     # main() points it at the relay it builds.
     on_outbox: Callable[[], None] = _nothing
     history_days: float = 30.0
+    max_request_bytes: int = 1024 * 1024
+    max_concurrent_requests: int = 4
     version: str = VERSION
     hosts_ttl_seconds: float = 2.0
     _store: PostgresJobStore | None = field(default=None, init=False, repr=False)
@@ -58,9 +63,7 @@ class ApiContext:
     @classmethod
     def for_service(cls, ctx: ServiceContext) -> ApiContext:
         settings = ctx.settings
-        history_days = (
-            settings.scheduler.history_days if isinstance(settings, SchedulerSettings) else 30.0
-        )
+        options = settings.scheduler if isinstance(settings, SchedulerSettings) else None
 
         def started() -> bool:
             check = ctx.readiness.report().get("started")
@@ -73,7 +76,9 @@ class ApiContext:
             namespace=settings.namespace,
             ready=started,
             checks=ctx.readiness.report,
-            history_days=history_days,
+            history_days=options.history_days if options else 30.0,
+            max_request_bytes=options.max_request_bytes if options else 1024 * 1024,
+            max_concurrent_requests=options.max_concurrent_requests if options else 4,
         )
 
     @property
@@ -98,6 +103,15 @@ class ApiContext:
 
             self._backfills = Backfills(self)
         return self._backfills
+
+    def max_payload(self) -> int:
+        """The largest message the NATS server takes, as its INFO said. nats-py keeps
+        the last server's value while disconnected, and before the first connection
+        holds NATS' default (1 MiB): a guess then, but the server's default too."""
+        try:
+            return int(self.broker.nc.max_payload)
+        except AssertionError:  # connect() not called yet (a test, or a tool)
+            return DEFAULT_MAX_PAYLOAD
 
     async def hosts(self) -> list[HostInfo]:
         """Live instances from the host registry, cached for a moment: a busy

@@ -140,10 +140,13 @@ def problem_media_type(document: dict[str, Any]) -> dict[str, Any]:
 RESPONSES: dict[int | str, dict[str, Any]] = {
     status: documented(status, title)[status]
     for status, title in (
+        (400, "The body is not UTF-8, or nested too deep"),
         (401, "No valid bearer token"),
         (403, "The token's role may not do this"),
         (404, "Not found"),
         (409, "Conflict with the current state"),
+        (413, "The body is larger than the scheduler's max_request_bytes"),
+        (415, "The body is not `application/json`"),
         (422, "Invalid input; `errors` names each field"),
     )
 }
@@ -156,6 +159,7 @@ _KINDS = {
     405: "method-not-allowed",
     409: "conflict",
     412: "precondition-failed",
+    413: "too-large",
     415: "unsupported-media-type",
     422: "validation",
     428: "precondition-required",
@@ -195,7 +199,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(JobExists)
     async def _exists(_: Request, exc: JobExists) -> JSONResponse:
-        return problem_response(409, "Job exists", str(exc), kind="exists")
+        return problem_response(
+            409, "Job exists", str(exc), kind="exists", errors=[("name", "is taken by another job")]
+        )
 
     @app.exception_handler(VersionConflict)
     async def _stale(_: Request, exc: VersionConflict) -> JSONResponse:
@@ -231,6 +237,14 @@ def install(app: FastAPI) -> None:
             422, "Invalid input", "a value cannot be stored: " + _first_line(exc)
         )
 
+    @app.exception_handler(asyncpg.IntegrityConstraintViolationError)
+    async def _constraint(
+        _: Request, exc: asyncpg.IntegrityConstraintViolationError
+    ) -> JSONResponse:
+        # A constraint the checks before the write did not catch, mostly a race:
+        # another request took the name, or deleted the job, in between.
+        return constraint_problem(exc)
+
     @app.exception_handler(OverflowError)
     async def _overflow(_: Request, exc: OverflowError) -> JSONResponse:
         return problem_response(422, "Invalid input", "a date or number is out of range")
@@ -246,6 +260,33 @@ def install(app: FastAPI) -> None:
             exc_info=exc,
         )
         return problem_response(500, "Internal error", "see the scheduler's log")
+
+
+# Constraint → the request field it is about. A constraint missing here still
+# gets a 409/422, naming the column PostgreSQL reports.
+_CONSTRAINT_FIELDS = {
+    "jobs_name_key": ("name", "is taken by another job"),
+    "api_tokens_active_name": ("name", "an active token has this name"),
+    "api_tokens_role_check": ("role", "must be viewer, operator or admin"),
+    "runs_job_id_fkey": ("name", "the job was deleted meanwhile"),
+    "backfills_job_id_fkey": ("name", "the job was deleted meanwhile"),
+    "runs_job_id_scheduled_for_key": ("scheduled_for", "the job has a run at this time"),
+    "job_groups_pkey": ("group", "was created meanwhile; try again"),
+}
+
+
+def constraint_problem(exc: asyncpg.IntegrityConstraintViolationError) -> JSONResponse:
+    """A violated constraint as 409 (state: unique, foreign key, exclusion) or 422
+    (the value: check, not null), naming the field."""
+    constraint = getattr(exc, "constraint_name", None) or ""
+    column = getattr(exc, "column_name", None)
+    field, message = _CONSTRAINT_FIELDS.get(constraint, (column or "body", "conflicts"))
+    log.warning("api.constraint_violated", constraint=constraint, error_type=type(exc).__name__)
+    if isinstance(exc, asyncpg.CheckViolationError | asyncpg.NotNullViolationError):
+        return problem_response(
+            422, "Invalid input", f"{field}: {message}", errors=[(field, message)]
+        )
+    return problem_response(409, "Conflict", f"{field}: {message}", errors=[(field, message)])
 
 
 def _first_line(exc: Exception) -> str:

@@ -142,12 +142,7 @@ class BackfillRequest(_Body):
     dry_run: bool = Field(False, description="Only list the slots that would get a run.")
     max_runs: int = Field(1000, ge=1, le=10_000, description="Refuse a range with more slots.")
     rate_per_second: float = Field(10.0, gt=0, le=10_000, description="Runs created per second.")
-
-    @model_validator(mode="after")
-    def _range(self) -> BackfillRequest:
-        if self.to <= self.from_:
-            raise ValueError("to must be later than from")
-        return self
+    # `to` later than `from` is checked by the operation, which names both fields.
 
 
 class BackfillPlan(BaseModel):

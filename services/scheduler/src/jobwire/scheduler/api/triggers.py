@@ -35,6 +35,7 @@ from jobwire.scheduler.adapters.store import (
     RunNotFound,
 )
 from jobwire.scheduler.api.context import ApiContext
+from jobwire.scheduler.api.payloads import check_publishable
 from jobwire.scheduler.api.problems import ProblemError, validation_problems
 from jobwire.scheduler.api.schemas import RunDetail
 from jobwire.scheduler.dispatch import START_WORKFLOW
@@ -88,6 +89,8 @@ async def trigger(
                 errors=problems,
             ) from None
         job = replace(job, definition=job.definition.model_copy(update={"params": merged}))
+    # Before any run exists: one that could not be published would only fail.
+    check_publishable(api, job, api.clock())
 
     run_id = manual_run_id(job.id, key) if key is not None else uuid.uuid4()
     if key is not None:

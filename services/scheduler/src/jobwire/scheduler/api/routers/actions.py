@@ -14,6 +14,7 @@ from jobwire.scheduler.api.auth import Operator, Viewer
 from jobwire.scheduler.api.context import ApiContext, api_of
 from jobwire.scheduler.api.inputs import check_json, clean_request
 from jobwire.scheduler.api.listing import job_detail
+from jobwire.scheduler.api.payloads import check_publishable
 from jobwire.scheduler.api.problems import RESPONSES, ProblemError, documented
 from jobwire.scheduler.api.schemas import (
     BackfillPlan,
@@ -122,7 +123,17 @@ async def cancel_run(api: Api, principal: Operator, run_id: uuid.UUID) -> RunDet
 async def backfill_job(
     api: Api, principal: Operator, name: JobName, request: BackfillRequest, response: Response
 ) -> BackfillStarted | JSONResponse:
+    if request.to <= request.from_:
+        raise ProblemError(
+            422,
+            "Invalid input",
+            "from must be earlier than to",
+            errors=[("from", "must be earlier than to"), ("to", "must be later than from")],
+        )
     job = await api.store.get(name)
+    # A job stored before its message outgrew max_payload (or the server's limit
+    # shrank since) would otherwise get runs that can only fail.
+    check_publishable(api, job, api.clock())
     slots, existing = await backfills.plan(api, job, request.from_, request.to, request.max_runs)
     if request.dry_run:
         plan = BackfillPlan(

@@ -13,6 +13,7 @@ from jobwire.scheduler.api.context import ApiContext, api_of
 from jobwire.scheduler.api.explain import explain
 from jobwire.scheduler.api.inputs import check_json, check_times, clean_request, parse_etag
 from jobwire.scheduler.api.listing import job_detail, job_page
+from jobwire.scheduler.api.payloads import check_definition
 from jobwire.scheduler.api.previews import preview_definition
 from jobwire.scheduler.api.problems import RESPONSES, ProblemError, documented
 from jobwire.scheduler.api.routers.runs import RunFilters, run_page
@@ -79,6 +80,7 @@ async def create_job(
     now = api.clock()
     parsed = parse_definition(body, now=now)
     check_times(parsed)
+    check_definition(api, parsed, now)
     record = await api.store.create(parsed, now, Audit(principal.name, "job.create"))
     response.headers["Location"] = f"/api/v1/jobs/{quote(record.name, safe='')}"
     response.headers["ETag"] = f'"{record.version}"'
@@ -118,9 +120,11 @@ async def update_job(
     check_json(definition.model_dump(exclude_unset=True, exclude={"version"}), "")
     body = definition.model_dump(mode="json", exclude_unset=True, exclude={"version"})
     now = api.clock()
+    current = await api.store.get(name)
     # A schedule with no fire left is refused only when the update changes the timing.
-    parsed = parse_definition(body, now=now, previous=(await api.store.get(name)).definition)
+    parsed = parse_definition(body, now=now, previous=current.definition)
     check_times(parsed)
+    check_definition(api, parsed, now, current)
     record = await api.store.update(
         name, parsed, expected, now, Audit(principal.name, "job.update")
     )

@@ -57,6 +57,11 @@ async def preview(api: Api, _: Viewer, request: PreviewRequest) -> Preview:
     try:
         definition = parse_definition(request.definition)
     except DefinitionError as exc:
-        raise definition_problems([(f"definition.{f}", m) for f, m in exc.problems]) from None
+        # A problem of the definition as a whole is named "definition", not
+        # "definition.definition".
+        problems = [
+            ("definition" if f == "definition" else f"definition.{f}", m) for f, m in exc.problems
+        ]
+        raise definition_problems(problems) from None
     check_times(definition, "definition.")
     return preview_definition(definition, after, request.count)
