@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -206,24 +207,34 @@ sys.stdin.read()  # until killed
 """
 
 
-async def test_servers_do_not_outlive_a_process_killed_with_sigkill() -> None:
-    # A benchmark or `jobwire dev` killed by its user must not leave servers behind.
-    folder = Path(tempfile.mkdtemp(prefix="jobwire-owner-"))
+def _reachable_folder(prefix: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
     folder.chmod(0o755)  # reachable by the 'postgres' user when we are root
+    return folder
+
+
+def _start_owner(folder: Path) -> tuple[subprocess.Popen[str], int, int]:
+    """A process that starts both servers, and the servers' PIDs."""
     owner = subprocess.Popen(
         [sys.executable, "-c", _OWNER, str(folder)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert owner.stdout is not None
+    nats_pid, pg_pid = (int(pid) for pid in owner.stdout.readline().split())
+    return owner, nats_pid, pg_pid
+
+
+async def test_servers_do_not_outlive_a_process_killed_with_sigkill() -> None:
+    # A benchmark or `jobwire dev` killed by its user must not leave servers behind.
+    folder = _reachable_folder("jobwire-owner-")
+    owner, nats_pid, pg_pid = _start_owner(folder)
     try:
-        assert owner.stdout is not None
-        line = owner.stdout.readline()
-        nats_pid, pg_pid = (int(pid) for pid in line.split())
         assert pid_alive(nats_pid)
         assert pid_alive(pg_pid)
         owner.kill()
-        owner.wait(timeout=10)
+        await asyncio.to_thread(owner.communicate)
         await wait_for(
             lambda: not pid_alive(nats_pid) and not pid_alive(pg_pid),
             timeout=20,
@@ -232,14 +243,18 @@ async def test_servers_do_not_outlive_a_process_killed_with_sigkill() -> None:
     finally:
         if owner.poll() is None:
             owner.kill()
-        owner.communicate()
+        await asyncio.to_thread(owner.communicate)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the data dir to 'postgres'")
 async def test_postgres_data_dir_moves_out_of_a_folder_postgres_cannot_reach() -> None:
     project = Path(tempfile.mkdtemp(prefix="jobwire-private-"))  # 0700, like root's home
-    assert stat.S_IMODE(project.stat().st_mode) == 0o700
+    assert _mode(project) == 0o700
     data = postgres_data_dir(project / ".jobwire" / "postgres", project)
     try:
         assert data.is_relative_to(SHARED_POSTGRES_ROOT)
@@ -249,15 +264,14 @@ async def test_postgres_data_dir_moves_out_of_a_folder_postgres_cannot_reach() -
         with PostgresServer(data) as server:
             assert await _query(server.dsn, "SELECT 1") == 1
         # The user's folder is left as it was.
-        assert stat.S_IMODE(project.stat().st_mode) == 0o700
+        assert _mode(project) == 0o700
     finally:
         shutil.rmtree(data.parent, ignore_errors=True)
         shutil.rmtree(project, ignore_errors=True)
 
 
 def test_postgres_data_dir_stays_where_it_is_when_reachable() -> None:
-    reachable = Path(tempfile.mkdtemp(prefix="jobwire-open-"))
-    reachable.chmod(0o755)
+    reachable = _reachable_folder("jobwire-open-")
     try:
         preferred = reachable / "postgres"
         assert postgres_data_dir(preferred, reachable) == preferred

@@ -24,7 +24,6 @@ import glob
 import os
 import pwd
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -392,7 +391,7 @@ def _find_postgres_bin_dir() -> Path:
 # Where `jobwire dev` keeps PostgreSQL's data when the `postgres` OS user cannot
 # reach the project's folder (a clone in root's 0700 home): /var/tmp survives
 # reboots, unlike /tmp.
-SHARED_POSTGRES_ROOT = Path("/var/tmp/jobwire-dev")
+SHARED_POSTGRES_ROOT = Path("/var/tmp/jobwire-dev")  # noqa: S108 (root-owned, checked before use)
 
 
 def postgres_can_reach(directory: Path) -> bool:
