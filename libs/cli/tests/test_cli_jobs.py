@@ -168,7 +168,7 @@ async def test_a_missing_or_invalid_token_is_a_clear_error(
     assert invalid.exit_code == 1
     assert invalid.stderr == (
         "jobwire: Unauthorized (401): the token is unknown or revoked"
-        " — the token is from JOBWIRE_TOKEN\n"
+        f" — the token is from JOBWIRE_TOKEN [GET {api_server.url}/api/v1/jobs]\n"
     )
     assert "jw_not-a-real-one" not in invalid.stderr
 
