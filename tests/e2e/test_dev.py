@@ -39,6 +39,7 @@ PRINTER = Path(__file__).parents[2] / "examples" / "workflow_printer.py"
 READY = "Ctrl-C stops everything."
 # A few seconds on a quiet machine; the bound leaves room for a busy one.
 STOP_BOUND = 20.0
+DEFAULT_PAGE = "http://127.0.0.1:8080/"
 
 
 def _environment() -> dict[str, str]:
@@ -65,7 +66,7 @@ class Dev:
             pid, self.primary = pty.fork()
             if pid == 0:  # the child: exec at once, nothing else after fork
                 os.chdir(project)
-                os.execve(sys.executable, command, _environment())
+                os.execve(sys.executable, command, _environment())  # noqa: S606 (no shell wanted)
             self.pid = pid
             source = self.primary
         else:
@@ -166,6 +167,10 @@ def _run_cli(project: Path, printed: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
 @pytest.fixture(scope="module")
 def project() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="jobwire-dev-"))  # 0700
@@ -179,7 +184,7 @@ def project() -> Iterator[Path]:
 
 
 async def test_a_script_runs_it_and_the_printed_next_steps_work(project: Path) -> None:
-    assert project.stat().st_mode & 0o777 == 0o700
+    assert _mode(project) == 0o700
     dev = Dev(project)
     try:
         banner = await dev.until(READY)
@@ -193,18 +198,23 @@ async def test_a_script_runs_it_and_the_printed_next_steps_work(project: Path) -
             # The `postgres` user cannot enter a 0700 folder of root's: its data
             # lives elsewhere, and the banner says where.
             assert Path(pg_url[2]).is_relative_to(SHARED_POSTGRES_ROOT), banner
-        assert project.stat().st_mode & 0o777 == 0o700  # left as it was
+        assert _mode(project) == 0o700  # left as it was
         assert f"scheduler   {page[1]} " in banner
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"{page[1]}/")).status_code == 200  # the page itself
         record = project / ".jobwire" / "dev.json"
-        assert record.stat().st_mode & 0o777 == 0o600  # it holds an admin token
+        assert _mode(record) == 0o600  # it holds an admin token
 
         # The next steps, exactly as printed, need nothing typed by hand.
         steps = banner.split("Next, in another terminal in this folder:\n", 1)[1]
         printed = [line.strip() for line in steps.splitlines() if line.startswith("  uv run")]
         assert "uv run jobwire jobs list" in printed, banner
         assert "uv run jobwire hosts" in printed, banner
+        # The README shows the same steps.
+        readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+        assert f"Jobs Management page and admin API: {DEFAULT_PAGE}" in readme
+        for command in printed:
+            assert f"  {command}\n" in readme, command
         for command in printed:
             if command.endswith(" watch"):
                 continue  # until Ctrl-C: test_cli_watch covers it
