@@ -63,10 +63,11 @@ class Dev:
         self.popen: subprocess.Popen[bytes] | None = None
         self.primary: int | None = None
         if terminal:
+            env = _environment()  # built before the fork: the child only execs
             pid, self.primary = pty.fork()
-            if pid == 0:  # the child: exec at once, nothing else after fork
+            if pid == 0:  # the child: the pty is its controlling terminal
                 os.chdir(project)
-                os.execve(sys.executable, command, _environment())  # noqa: S606 (no shell wanted)
+                os.execve(sys.executable, command, env)  # noqa: S606 (no shell wanted)
             self.pid = pid
             source = self.primary
         else:

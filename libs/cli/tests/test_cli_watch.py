@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pty
 import signal
@@ -85,3 +86,34 @@ async def test_watch_shows_the_live_table_and_ctrl_c_exits_cleanly(
     assert code == 0, seen.decode(errors="replace")
     assert b"Traceback" not in seen
     assert b"KeyboardInterrupt" not in seen
+
+
+async def test_watch_as_json_prints_a_page_per_refresh_until_sigint(
+    jobwire: Jobwire, api_server: ApiServer
+) -> None:
+    await create_job(api_server, hello_job("watched-json"))
+    env = {
+        **os.environ,
+        "JOBWIRE_API_URL": api_server.url,
+        "JOBWIRE_TOKEN": api_server.tokens["viewer"],
+        "JOBWIRE_CONFIG": str(jobwire.config),
+    }
+    command = with_signals([sys.executable, "-m", "jobwire.cli", "watch", "-o", "json"])
+    proc = await asyncio.create_subprocess_exec(
+        *command, "--interval", "0.2", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        pages = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 60)) for _ in range(2)]
+        proc.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+    for page in pages:
+        assert [job["name"] for job in page["items"]] == ["watched-json"]
+        assert page["total"] == 1
+    for line in rest.decode().splitlines():
+        json.loads(line)  # stdout stays a stream of documents
