@@ -55,7 +55,7 @@ from _measure import BENCH, cpu_seconds, machine_info, percentile, rounded
 from jobwire.contracts.subjects import Stream
 from jobwire.runtime.broker import Broker
 from jobwire.runtime.db import connect_pool
-from jobwire.runtime.embedded import NatsServer, PostgresServer, free_port
+from jobwire.runtime.embedded import NatsServer, PostgresServer, child_options, free_port
 from jobwire.runtime.settings import ServiceSettings
 from jobwire.scheduler.api.tokens import create_token, ensure_schema
 from jobwire.scheduler.domain.definitions import parse_definition
@@ -118,7 +118,12 @@ async def service(env: Env, dsn: str, namespace: str) -> AsyncIterator[tuple[str
     log = (env.tmp / "service.log").open("wb")
     command = ["-m", "jobwire.cli", "scheduler"]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, *command, env=child_env, stdout=log, stderr=log
+        sys.executable,
+        *command,
+        env=child_env,
+        stdout=log,
+        stderr=log,
+        **child_options(),  # dies with the benchmark, however it ends
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -49,7 +49,7 @@ from jobwire.listeners.settings import ListenerOptions, ListenersSettings
 from jobwire.listeners.sources import SourceContext, Trigger
 from jobwire.listeners.sources.servicebus import ServiceBusSource
 from jobwire.runtime.broker import Broker
-from jobwire.runtime.embedded import NatsServer, free_port, is_listening
+from jobwire.runtime.embedded import NatsServer, child_options, free_port, is_listening
 from jobwire.runtime.logs import setup_logging
 from jobwire.runtime.secrets import Secrets
 from jobwire.runtime.telemetry import setup_telemetry
@@ -99,7 +99,7 @@ class Peer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                **child_options(),  # dies with the benchmark, however it ends
             )
         deadline = time.monotonic() + timeout
         while not is_listening("127.0.0.1", self.port):

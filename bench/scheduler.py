@@ -90,7 +90,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from jobwire.contracts.subjects import Stream
 from jobwire.runtime.broker import Broker
 from jobwire.runtime.db import connect_pool, load_migrations, migrate
-from jobwire.runtime.embedded import NatsServer, PostgresServer
+from jobwire.runtime.embedded import NatsServer, PostgresServer, child_options
 from jobwire.runtime.settings import ServiceSettings
 from jobwire.scheduler.domain.definitions import parse_definition
 from jobwire.scheduler.main import spec
@@ -303,7 +303,10 @@ async def start_worker(
     if "no-definition-cache" in env.experiments:
         child_env["JOBWIRE_BENCH_NO_DEFINITION_CACHE"] = "1"
     process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, env=child_env
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        env=child_env,
+        **child_options(),  # dies with the benchmark, however it ends
     )
     env.processes.append(process)
     assert process.stdout is not None
@@ -409,7 +412,7 @@ async def burst_peer(env: Env, jobs: int) -> dict[str, Any]:
             "--result",
             str(result_path),
         ]
-        process = await asyncio.create_subprocess_exec(*command)
+        process = await asyncio.create_subprocess_exec(*command, **child_options())
         env.processes.append(process)
         await asyncio.wait_for(process.wait(), timeout=240)
         if process.returncode != 0:

@@ -54,12 +54,21 @@ class Jobwire:
         }
 
     async def __call__(
-        self, *args: str, role: str | None = "admin", env: Mapping[str, str | None] | None = None
+        self,
+        *args: str,
+        role: str | None = "admin",
+        env: Mapping[str, str | None] | None = None,
+        input: bytes | None = None,
     ) -> Result:
         token = self.server.tokens[role] if role else None
         runner = CliRunner()
         result = await asyncio.to_thread(
-            runner.invoke, app, list(args), env=self.env(token, env or {}), catch_exceptions=False
+            runner.invoke,
+            app,
+            list(args),
+            input=input,
+            env=self.env(token, env or {}),
+            catch_exceptions=False,
         )
         return Result(result.exit_code, result.stdout, result.stderr)
 

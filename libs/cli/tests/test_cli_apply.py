@@ -33,7 +33,7 @@ jobs:
 
 async def server_jobs(jobwire: Jobwire) -> dict[str, dict[str, Any]]:
     listed = await jobwire.ok("jobs", "list", "-o", "json")
-    return {job["name"]: job for job in json.loads(listed.stdout)}
+    return {job["name"]: job for job in json.loads(listed.stdout)["items"]}
 
 
 def write(tmp_path: Path, text: str, name: str = "jobs.yaml") -> str:
@@ -170,8 +170,8 @@ async def test_a_bad_definition_names_its_field_and_nothing_is_applied(
     ("text", "message"),
     [
         ("", "the file is empty; write `jobs: []` to mean no jobs"),
-        ("jobs: [{name: a, type: x}, {name: a, type: y}]", "1 problem(s); nothing was applied"),
-        ("[{type: x}]", "1 problem(s); nothing was applied"),
+        ("jobs: [{name: a, type: x}, {name: a, type: y}]", "jobs[1].name: 'a' is defined twice"),
+        ("[{type: x}]", "jobs[0].name: required, a non-empty string; nothing was applied"),
         ("jobz: []", "expected a list of job definitions or a mapping with the one key `jobs`"),
         ("jobs: [\n  {name: a\n", "not valid YAML"),
     ],
@@ -194,4 +194,78 @@ async def test_apply_needs_an_admin_and_says_what_was_not_applied(
     assert result.stderr.splitlines()[-1].startswith(
         "jobwire: create job nightly-report refused: Forbidden (403)"
     )
+    assert await server_jobs(jobwire) == {}
+
+
+HUGE = b"jobs:\n" + b"  - {name: filler, type: start-workflow}\n" * 300_000  # > 10 MiB
+
+
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [
+        pytest.param(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not UTF-8 text", id="an-image"),
+        pytest.param(b"%PDF-1.7\n\x01\x02\x03 stream", "not valid YAML", id="not-yaml"),
+        pytest.param(b"jobs: [\n  {name: a\n", "not valid YAML", id="broken-yaml"),
+        pytest.param(b"- just a string\n", "jobs[0]: must be a mapping", id="list-of-a-string"),
+        pytest.param(b"- 1\n- [a, b]\n", "2 problem(s)", id="list-of-non-mappings"),
+        pytest.param(b"jobs: 5\n", "jobs: must be a list of job definitions", id="jobs-a-number"),
+        pytest.param(b"just words\n", "jobs: must be a list", id="a-scalar"),
+        pytest.param(b"- {name: 5, type: x}\n", "jobs[0].name: required", id="name-a-number"),
+        pytest.param(
+            b"- {name: a, params: {blob: !!binary aGk=}}\n",
+            "jobs[0].params.blob: a bytes value is not JSON",
+            id="binary-value",
+        ),
+        pytest.param(
+            b"- {name: a, params: {1: one}}\n",
+            "jobs[0].params: key 1 must be a string",
+            id="int-key",
+        ),
+        pytest.param(b"- {name: a, ratio: .nan}\n", "jobs[0].ratio: nan is not", id="nan"),
+        pytest.param(b"- {name: a, n: 1" + b"0" * 5000 + b"}\n", "not valid YAML", id="huge-int"),
+        pytest.param(b"[" * 50_000, "not valid YAML", id="nested-too-deeply"),
+        pytest.param(b"name: caf\xe9\n", "not UTF-8 text (byte 9)", id="latin-1"),
+        pytest.param(b"\xff\xfe", "not UTF-8 text (byte 0)", id="invalid-utf-8"),
+        pytest.param(b"", "the file is empty", id="empty"),
+        pytest.param(b"# only a comment\n", "the file is empty", id="only-a-comment"),
+        pytest.param(HUGE, "larger than 10 MiB", id="huge-file"),
+    ],
+)
+async def test_a_bad_file_is_one_line_naming_the_file_and_field_never_a_traceback(
+    jobwire: Jobwire, tmp_path: Path, content: bytes, field: str
+) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_bytes(content)
+    result = await jobwire("apply", "-f", str(path))
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"jobwire: {path}: "), result.stderr
+    assert field in last, result.stderr
+    if "problem(s)" not in last:
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+    else:  # each problem on a line of its own, naming the file and the entry
+        for line in result.stderr.splitlines()[:-1]:
+            assert line.startswith(f"{path}: jobs["), result.stderr
+    assert await server_jobs(jobwire) == {}
+
+
+async def test_a_bad_file_on_stdin_is_refused_the_same(jobwire: Jobwire) -> None:
+    result = await jobwire("apply", "-f", "-", input=b"name: \xff\n")
+    assert result.exit_code == 1
+    assert result.stderr == "jobwire: <stdin>: not UTF-8 text (byte 6)\n"
+
+
+async def test_a_field_of_the_wrong_type_is_named_by_the_server_check(
+    jobwire: Jobwire, tmp_path: Path
+) -> None:
+    wrong = JOBS_YAML.replace("description: the nightly report", "priority: [high]")
+    result = await jobwire("apply", "-f", write(tmp_path, wrong))
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr
+    assert any(
+        line.startswith("job nightly-report: priority") for line in result.stderr.splitlines()
+    ), result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"jobwire: {tmp_path / 'jobs.yaml'}: 1 of 2")
     assert await server_jobs(jobwire) == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 import yaml
 from cli_harness import ApiServer, Jobwire, create_job, hello_job
@@ -30,15 +31,20 @@ async def test_jobs_list_is_the_jobs_management_table(
     assert "Ready" in row
 
     filtered = await jobwire.ok("jobs", "list", "--group", "batch", "-o", "json", role="viewer")
-    assert [job["name"] for job in json.loads(filtered.stdout)] == ["other"]
+    assert [job["name"] for job in json.loads(filtered.stdout)["items"]] == ["other"]
     tagged = await jobwire.ok("-o", "yaml", "jobs", "list", "--tag", "nightly", role="viewer")
-    assert [job["name"] for job in yaml.safe_load(tagged.stdout)] == ["hello"]
+    assert [job["name"] for job in yaml.safe_load(tagged.stdout)["items"]] == ["hello"]
     by_status = await jobwire.ok("jobs", "list", "--status", "Disabled", "-o", "json")
-    assert json.loads(by_status.stdout) == []
+    assert json.loads(by_status.stdout)["items"] == []
     found = await jobwire.ok("jobs", "list", "--search", "other:", "-o", "json")
-    assert [job["name"] for job in json.loads(found.stdout)] == ["other"]
+    assert [job["name"] for job in json.loads(found.stdout)["items"]] == ["other"]
     newest_first = await jobwire.ok("jobs", "list", "--sort", "-name", "--limit", "1", "-o", "json")
-    assert [job["name"] for job in json.loads(newest_first.stdout)] == ["other"]
+    # The API's page document unchanged, as the README promises.
+    headers = {"Authorization": f"Bearer {api_server.tokens['viewer']}"}
+    async with httpx.AsyncClient(base_url=api_server.url, headers=headers) as client:
+        page = (await client.get("/api/v1/jobs", params={"sort": "-name", "limit": 1})).json()
+    assert json.loads(newest_first.stdout) == page
+    assert page["total"] == 2
     one = await jobwire.ok("jobs", "list", "--limit", "1")
     assert "1 of 2 jobs" in one.stdout
 
@@ -168,7 +174,7 @@ async def test_a_missing_or_invalid_token_is_a_clear_error(
     assert invalid.exit_code == 1
     assert invalid.stderr == (
         "jobwire: Unauthorized (401): the token is unknown or revoked"
-        " — the token is from JOBWIRE_TOKEN\n"
+        f" — the token is from JOBWIRE_TOKEN [GET {api_server.url}/api/v1/jobs]\n"
     )
     assert "jw_not-a-real-one" not in invalid.stderr
 

@@ -149,7 +149,23 @@ def test_a_problem_document_becomes_one_line_naming_each_field() -> None:
         "params.workflow: Field required"
     )
     bare = ApiError.from_response(httpx.Response(502, text="<html>proxy</html>"))
-    assert bare.message == "Bad Gateway (502)"
+    assert bare.message.startswith("Bad Gateway (502) — not an answer of the jobwire API")
+    assert "proxy" not in bare.message
+
+
+def test_an_error_names_the_url_it_called_and_a_stranger_is_named_as_such() -> None:
+    # `make run` once put the listeners on 8080: `jobwire jobs list` said only
+    # "Not Found (404)".
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+    client = ApiClient("http://127.0.0.1:8080", "jw_x", transport=httpx.MockTransport(answer))
+    with client, pytest.raises(ApiError) as caught:
+        client.list_jobs()
+    assert str(caught.value) == (
+        "Not Found (404) — not an answer of the jobwire API: is this the scheduler's URL? "
+        "Set JOBWIRE_API_URL or --api-url [GET http://127.0.0.1:8080/api/v1/jobs]"
+    )
 
 
 def _job(definition: dict[str, object], version: int = 1) -> dict[str, object]:

@@ -88,7 +88,8 @@ async def test_tokens_need_a_database(jobwire_no_server: Jobwire) -> None:
     unset = await jobwire_no_server.process("tokens", "list", env={"JOBWIRE_DATABASE_URL": None})
     assert unset.exit_code == 1
     assert unset.stderr.strip().splitlines()[-1] == (
-        "jobwire: JOBWIRE_DATABASE_URL is not set: tokens live in the scheduler's database"
+        "jobwire: JOBWIRE_DATABASE_URL is not set (and no `jobwire dev` runs here): "
+        "tokens live in the scheduler's database"
     )
     down = await jobwire_no_server.process(
         "tokens",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import socket
+import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +19,16 @@ import nats
 import pytest
 
 from jobwire.runtime.embedded import (
+    SHARED_POSTGRES_ROOT,
     EmbeddedServerError,
     NatsServer,
     PostgresServer,
     free_port,
     is_listening,
     pid_alive,
+    postgres_data_dir,
 )
+from jobwire.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +190,90 @@ def test_postgres_server_as_root_explains_an_unreachable_data_dir(tmp_path: Path
     # pytest's basetemp is 0700 root-owned: 'postgres' cannot enter it.
     with pytest.raises(EmbeddedServerError, match="cannot reach"):
         PostgresServer(tmp_path / "pg").start()
+
+
+# ------------------------------------------------------- servers die with us
+
+_OWNER = """
+import sys, tempfile
+from pathlib import Path
+from jobwire.runtime.embedded import NatsServer, PostgresServer
+nats = NatsServer(Path(sys.argv[1]) / "nats")
+nats.start()
+pg = PostgresServer(Path(sys.argv[1]) / "pg")
+pg.start()
+print(nats.pid, pg.pid, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def _reachable_folder(prefix: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)  # reachable by the 'postgres' user when we are root
+    return folder
+
+
+def _start_owner(folder: Path) -> tuple[subprocess.Popen[str], int, int]:
+    """A process that starts both servers, and the servers' PIDs."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert owner.stdout is not None
+    nats_pid, pg_pid = (int(pid) for pid in owner.stdout.readline().split())
+    return owner, nats_pid, pg_pid
+
+
+async def test_servers_do_not_outlive_a_process_killed_with_sigkill() -> None:
+    # A benchmark or `jobwire dev` killed by its user must not leave servers behind.
+    folder = _reachable_folder("jobwire-owner-")
+    owner, nats_pid, pg_pid = _start_owner(folder)
+    try:
+        assert pid_alive(nats_pid)
+        assert pid_alive(pg_pid)
+        owner.kill()
+        await asyncio.to_thread(owner.communicate)
+        await wait_for(
+            lambda: not pid_alive(nats_pid) and not pid_alive(pg_pid),
+            timeout=20,
+            description="the servers gone after their owner was killed",
+        )
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        await asyncio.to_thread(owner.communicate)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the data dir to 'postgres'")
+async def test_postgres_data_dir_moves_out_of_a_folder_postgres_cannot_reach() -> None:
+    project = Path(tempfile.mkdtemp(prefix="jobwire-private-"))  # 0700, like root's home
+    assert _mode(project) == 0o700
+    data = postgres_data_dir(project / ".jobwire" / "postgres", project)
+    try:
+        assert data.is_relative_to(SHARED_POSTGRES_ROOT)
+        assert (data.parent / "project").read_text().strip() == str(project)
+        # Stable: the next run of the same project finds the same folder.
+        assert postgres_data_dir(project / ".jobwire" / "postgres", project) == data
+        with PostgresServer(data) as server:
+            assert await _query(server.dsn, "SELECT 1") == 1
+        # The user's folder is left as it was.
+        assert _mode(project) == 0o700
+    finally:
+        shutil.rmtree(data.parent, ignore_errors=True)
+        shutil.rmtree(project, ignore_errors=True)
+
+
+def test_postgres_data_dir_stays_where_it_is_when_reachable() -> None:
+    reachable = _reachable_folder("jobwire-open-")
+    try:
+        preferred = reachable / "postgres"
+        assert postgres_data_dir(preferred, reachable) == preferred
+    finally:
+        shutil.rmtree(reachable, ignore_errors=True)

@@ -21,7 +21,8 @@ from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.subjects import RunEvent, Stream, Subjects
 from jobwire.runtime.embedded import free_port
 from jobwire.runtime.hosts import live_hosts
-from jobwire.testing import wait_for
+from jobwire.runtime.service import DUPLICATE_SIGNAL_SECONDS
+from jobwire.testing import wait_for, with_signals
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,8 @@ class Process:
             "JOBWIRE_LOG_FORMAT": "json",
         }
         self.popen = subprocess.Popen(
-            [sys.executable, str(SAMPLE)],
+            # SIGINT/SIGTERM at their defaults: the tests signal it.
+            with_signals([sys.executable, str(SAMPLE)]),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -175,3 +177,49 @@ async def test_work_outliving_the_grace_period_is_handed_back(
         return await run_events(nats_client, subjects, run_id, RunEvent.STARTED) == 2
 
     await wait_for(restarted, timeout=15, description="the successor picked the run up")
+
+
+def _read_until(process: Process, marker: str, seen: list[str]) -> None:
+    assert process.popen.stdout is not None
+    for line in process.popen.stdout:
+        seen.append(line.decode())
+        if marker in seen[-1]:
+            return
+    raise AssertionError(f"exited before {marker!r}:\n{''.join(seen)}")
+
+
+async def test_one_signal_delivered_twice_is_one_stop_and_a_forced_stop_is_quick(
+    start_sleeper,
+    nats_client: NatsClient,
+    namespace: str,  # type: ignore[no-untyped-def]
+) -> None:
+    # `uv run` without a terminal, or a kill of the process group, delivers one
+    # Ctrl-C twice: that must not turn into a forced stop.
+    subjects = Subjects(namespace)
+    process = start_sleeper(grace=60)
+    await ready(process)
+    run_id = await send_job(nats_client, subjects, seconds=120)
+    await wait_for(
+        lambda: run_events(nats_client, subjects, run_id, RunEvent.STARTED),
+        timeout=20,
+        description="run started",
+    )
+    seen: list[str] = []
+    process.popen.send_signal(signal.SIGINT)
+    # The second copy arrives once the first was handled (the kernel merges two
+    # pending copies of one signal into one).
+    await asyncio.to_thread(_read_until, process, '"event": "service.draining"', seen)
+    process.popen.send_signal(signal.SIGINT)
+    await asyncio.to_thread(_read_until, process, "service.duplicate_signal_ignored", seen)
+    # Time has to pass for the next signal to count as a second request.
+    await asyncio.sleep(DUPLICATE_SIGNAL_SECONDS + 0.5)
+    assert process.popen.poll() is None, "the duplicate signal forced a stop"
+    process.popen.send_signal(signal.SIGINT)
+    # A forced stop skips the 60 s grace and does not wait 30 s on a NATS drain.
+    code = await asyncio.to_thread(process.popen.wait, 15)
+    logs = "".join(seen) + process.logs()
+    assert code == 130, logs
+    assert logs.count('"event": "service.stop_requested"') == 1, logs
+    assert logs.count('"event": "service.duplicate_signal_ignored"') == 1, logs
+    assert logs.count('"event": "service.forced_stop"') == 1, logs
+    assert "draining connection timed out" not in logs

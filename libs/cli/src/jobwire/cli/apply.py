@@ -28,6 +28,7 @@ file pins it.
 from __future__ import annotations
 
 import difflib
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,23 +69,65 @@ class Change:
 # -- reading a file --------------------------------------------------------------------
 
 
+# A definitions file is written by people: thousands of jobs fit in far less.
+# The limit keeps a wrong file (a log, a disk image) from being read whole.
+MAX_FILE_BYTES = 10 * 1024 * 1024
+
+
 def read_definitions(path: str) -> list[Definition]:
     """The definitions in ``path`` (``-``: stdin), checked for shape, not content."""
+    source = "<stdin>" if path == "-" else path
     if path == "-":
-        text, source = sys.stdin.read(), "<stdin>"
+        raw = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
     else:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            with Path(path).open("rb") as file:
+                raw = file.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
             raise CliError(f"{path}: cannot be read: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise CliError(f"{path}: not UTF-8 text") from None
-        source = path
+    if len(raw) > MAX_FILE_BYTES:
+        raise CliError(
+            f"{source}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; "
+            "is it a job definitions file? Split it into several"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{source}: not UTF-8 text (byte {exc.start})") from None
     try:
         data = load_document(text, source)
     except DocumentError as exc:
         raise CliError(str(exc)) from None
     return definitions_of(data, source)
+
+
+def _kind(value: object) -> str:
+    names = {str: "a string", list: "a list", dict: "a mapping", bool: "a boolean"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _not_json(value: Any, where: str) -> str | None:
+    """The first place in ``value`` that JSON cannot carry (YAML can write
+    ``!!binary``, ``!!set``, ``!!timestamp``, non-string keys, ``.nan``)."""
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where}: {value} is not a JSON number"
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _not_json(item, f"{where}[{index}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where}: key {key!r} must be a string"
+            found = _not_json(item, f"{where}.{key}")
+            if found:
+                return found
+        return None
+    return f"{where}: {_kind(value)} value is not JSON (write it as a string)"
 
 
 def definitions_of(data: Any, source: str) -> list[Definition]:
@@ -103,13 +146,13 @@ def definitions_of(data: Any, source: str) -> list[Definition]:
         if data is None:
             data = []
     if not isinstance(data, list):
-        raise CliError(f"{source}: jobs must be a list of job definitions")
+        raise CliError(f"{source}: jobs: must be a list of job definitions, not {_kind(data)}")
     problems: list[str] = []
     seen: dict[str, int] = {}
     for index, item in enumerate(data):
         where = f"jobs[{index}]"
         if not isinstance(item, dict):
-            problems.append(f"{where}: must be a mapping (a job definition)")
+            problems.append(f"{where}: must be a mapping (a job definition), not {_kind(item)}")
             continue
         name = item.get("name")
         if not isinstance(name, str) or not name:
@@ -118,6 +161,11 @@ def definitions_of(data: Any, source: str) -> list[Definition]:
             problems.append(f"{where}.name: {name!r} is defined twice (also jobs[{seen[name]}])")
         else:
             seen[name] = index
+        unfit = _not_json(item, where)
+        if unfit:
+            problems.append(unfit)
+    if len(problems) == 1:
+        raise CliError(f"{source}: {problems[0]}; nothing was applied")
     if problems:
         for problem in problems:
             note(f"{source}: {problem}")

@@ -38,6 +38,7 @@ class ApiError(CliError):
         errors: Sequence[tuple[str, str]] = (),
         kind: str | None = None,
         hint: str | None = None,
+        called: str | None = None,
     ) -> None:
         self.status = status
         self.title = title
@@ -45,6 +46,7 @@ class ApiError(CliError):
         self.errors = list(errors)
         self.kind = kind
         self.hint = hint
+        self.called = called  # "GET http://…/api/v1/jobs": which server said so
         super().__init__(self.message)
 
     @property
@@ -61,17 +63,29 @@ class ApiError(CliError):
             line += f": {self.reason}"
         if self.hint:
             line += f" — {self.hint}"
+        if self.called:
+            line += f" [{self.called}]"
         return line
 
     @classmethod
-    def from_response(cls, response: httpx.Response, hint: str | None = None) -> ApiError:
+    def from_response(
+        cls, response: httpx.Response, hint: str | None = None, called: str | None = None
+    ) -> ApiError:
         try:
             body = response.json()
         except ValueError:
             body = None
         if not isinstance(body, dict) or "title" not in body:
-            # Not one of ours: a proxy's error page, say. Its text is not shown.
-            return cls(response.status_code, response.reason_phrase or "HTTP error", hint=hint)
+            # Not one of ours: a proxy's error page, or another service on
+            # that port. Its text is not shown; where it came from is.
+            return cls(
+                response.status_code,
+                response.reason_phrase or "HTTP error",
+                hint=hint
+                or "not an answer of the jobwire API: is this the scheduler's URL? "
+                "Set JOBWIRE_API_URL or --api-url",
+                called=called,
+            )
         errors = [
             (str(e.get("field", "")), str(e.get("message", "")))
             for e in body.get("errors") or []
@@ -84,6 +98,7 @@ class ApiError(CliError):
             errors,
             kind=body.get("type"),
             hint=hint,
+            called=called,
         )
 
 
@@ -155,7 +170,8 @@ class ApiClient:
         except httpx.ConnectError as exc:
             raise ApiUnreachable(
                 f"cannot reach the jobwire API at {where} ({_reason(exc)}); "
-                "is the scheduler running? Set JOBWIRE_API_URL or --api-url"
+                "is the scheduler running (`make run` in the project)? "
+                "Set JOBWIRE_API_URL or --api-url"
             ) from None
         except httpx.TimeoutException:
             raise ApiUnreachable(f"the jobwire API at {where} did not answer in time") from None
@@ -165,7 +181,7 @@ class ApiClient:
             hint = None
             if response.status_code == 401 and self.token_source:
                 hint = f"the token is from {self.token_source}"
-            raise ApiError.from_response(response, hint)
+            raise ApiError.from_response(response, hint, f"{method} {where}{path}")
         return response
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -262,7 +278,9 @@ class ApiClient:
             if not exc.errors:
                 raise
             errors = [(f.removeprefix("definition."), m) for f, m in exc.errors]
-            raise ApiError(exc.status, exc.title, exc.detail, errors, exc.kind, exc.hint) from None
+            raise ApiError(
+                exc.status, exc.title, exc.detail, errors, exc.kind, exc.hint, exc.called
+            ) from None
 
     # -- runs --------------------------------------------------------------------------
 

@@ -1,8 +1,11 @@
 """Where the CLI finds the admin API and its token.
 
-The API URL: ``--api-url``, else ``JOBWIRE_API_URL``, else ``api_url`` in the
-config file, else http://127.0.0.1:8080. The token: ``JOBWIRE_TOKEN``, else
-``token`` in the config file. There is no ``--token`` option on purpose: a
+The API URL: ``--api-url``, else ``JOBWIRE_API_URL``, else the URL a running
+``jobwire dev`` of this project recorded (``.jobwire/dev.json``, see
+:mod:`jobwire.cli.devfile`), else ``api_url`` in the config file, else
+http://127.0.0.1:8080. The token: ``JOBWIRE_TOKEN``, else the development
+token ``jobwire dev`` recorded (only ever sent to the URL it recorded with
+it), else ``token`` in the config file. There is no ``--token`` option on purpose: a
 command line is visible to every user of the machine (``ps``) and stays in
 shell history. The config file is ``$JOBWIRE_CONFIG``, else
 ``$XDG_CONFIG_HOME/jobwire/config.toml`` (``~/.config/jobwire/config.toml``).
@@ -19,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from jobwire.cli import devfile
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 _KEYS = ("api_url", "token")
@@ -52,10 +57,17 @@ def load_config(
     env = os.environ if environ is None else environ
     path = config_path(env)
     values = _read_file(path, warn)
-    url = api_url or env.get("JOBWIRE_API_URL") or values.get("api_url") or DEFAULT_API_URL
+    dev = devfile.running(env)
+    dev_url = dev.string("api_url") if dev else None
+    url = (
+        api_url or env.get("JOBWIRE_API_URL") or dev_url or values.get("api_url") or DEFAULT_API_URL
+    )
     token, source = None, None
+    dev_token = dev.string("token") if dev else None
     if env.get("JOBWIRE_TOKEN"):
         token, source = env["JOBWIRE_TOKEN"].strip(), "JOBWIRE_TOKEN"
+    elif dev is not None and dev_token and dev_url and url.rstrip("/") == dev_url.rstrip("/"):
+        token, source = dev_token, f"jobwire dev ({dev.path})"
     elif values.get("token"):
         token, source = values["token"].strip(), str(path)
     return ApiConfig(_checked_url(url), token, source, path)

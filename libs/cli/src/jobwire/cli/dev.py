@@ -1,9 +1,18 @@
 """``jobwire dev``: the whole system on one machine, for trying and developing.
 
 Starts what is missing — an embedded NATS with JetStream and, unless
-``JOBWIRE_DATABASE_URL`` points at one, a PostgreSQL in a local folder — then
-every installed service in one supervised process. Ctrl-C stops the services
-gracefully, then the servers; data stays in the folder for the next run.
+``JOBWIRE_DATABASE_URL`` points at one, a PostgreSQL — then every installed
+service in one supervised process, the scheduler first (on 8080 when free, so
+the page's URL stays put). It records its URLs, a development admin token and
+the PIDs of what it started in ``.jobwire/dev.json`` (see
+:mod:`jobwire.cli.devfile`), so the CLI run inside the project needs nothing
+typed by hand.
+
+Stopping: SIGINT or SIGTERM, whatever disposition was inherited (a script's
+background job starts with SIGINT ignored), stops the services gracefully,
+then the servers; data stays for the next run. The servers and the example
+die with this process even when it is killed (parent-death signal); what a
+killed run left behind anyway, the next run stops by its recorded PIDs.
 """
 
 from __future__ import annotations
@@ -11,20 +20,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import asyncpg
 import typer
 
+from jobwire.cli import devfile
 from jobwire.runtime.embedded import (
     EmbeddedServerError,
     NatsServer,
     PostgresServer,
+    child_options,
     free_port,
     is_listening,
+    postgres_data_dir,
     terminate,
 )
 from jobwire.runtime.logs import setup_logging
@@ -42,40 +58,80 @@ from jobwire.runtime.telemetry import setup_telemetry, shutdown_telemetry
 # system NATS on 4222) falls back to any free one.
 PREFERRED = {"nats": 14222, "postgres": 15432, "http": 8080}
 DATABASE = "jobwire"
+DEV_TOKEN_NAME = "jobwire-dev"  # noqa: S105 (the name of a token, not one)
+# The service that serves the page and the admin API starts first and takes 8080.
+FIRST = "scheduler"
+STOP_TIMEOUT = 10.0
 
 
-def _port(name: str) -> int:
-    preferred = PREFERRED[name]
-    return free_port() if is_listening("127.0.0.1", preferred) else preferred
+def _port(preferred: int, taken: set[int]) -> int:
+    port = preferred
+    if port in taken or is_listening("127.0.0.1", port):
+        port = free_port()
+    taken.add(port)
+    return port
+
+
+class _Stop(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside the event loop: unwind, stopping what started."""
+
+
+class _Signals:
+    """SIGINT/SIGTERM outside the event loop (while starting and stopping).
+
+    The first raises :class:`_Stop`, which unwinds the start-up and stops in
+    order what had started. Later ones are noted and ignored: the servers stop
+    within seconds, each bounded by a timeout.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            return
+        self.requested = True
+        raise _Stop
 
 
 @contextlib.contextmanager
-def _embedded_nats(data: Path) -> Iterator[str]:
-    server = NatsServer(data / "nats", port=_port("nats"))
+def _embedded_nats(data: Path, record: devfile.DevFile) -> Iterator[tuple[str, Path]]:
+    server = NatsServer(data / "nats", port=_port(PREFERRED["nats"], set()))
     server.start()
+    record.record("nats-server", server.pid)
     try:
-        yield server.url
+        yield server.url, server.store_dir
     finally:
         server.stop()
 
 
 @contextlib.contextmanager
-def _embedded_postgres(data: Path) -> Iterator[str]:
-    server = PostgresServer(data / "postgres", port=_port("postgres"))
+def _embedded_postgres(data: Path, record: devfile.DevFile) -> Iterator[tuple[str, Path]]:
+    # As root the server runs as `postgres`, which may not reach the project
+    # (a clone in root's 0700 home): its data then lives under /var/tmp.
+    folder = postgres_data_dir(data / "postgres", data)
+    server = PostgresServer(folder, port=_port(PREFERRED["postgres"], set()))
     server.start()
+    record.record("postgres", server.pid)
     try:
         asyncio.run(_create_database(server.dsn, DATABASE))
-        yield server.dsn.rsplit("/", 1)[0] + f"/{DATABASE}"
+        yield server.dsn.rsplit("/", 1)[0] + f"/{DATABASE}", folder
     finally:
         server.stop()
 
 
 @contextlib.contextmanager
-def _example(script: str, nats_url: str, namespace: str) -> Iterator[None]:
+def _example(script: str, nats_url: str, namespace: str, record: devfile.DevFile) -> Iterator[None]:
     """An example app beside the system, as a child process stopped by PID at exit."""
     env = {**os.environ, "JOBWIRE_NATS__URL": nats_url, "JOBWIRE_NAMESPACE": namespace}
-    # Its own session: Ctrl-C reaches jobwire dev, which stops it in order.
-    child = subprocess.Popen([sys.executable, script], env=env, start_new_session=True)
+    # Its own session (Ctrl-C reaches jobwire dev, which stops it in order),
+    # and it dies with jobwire dev.
+    child = subprocess.Popen([sys.executable, script], env=env, **child_options())
+    record.record(f"example {script}", child.pid)
     try:
         yield
     finally:
@@ -92,44 +148,135 @@ async def _create_database(dsn: str, name: str) -> None:
         await conn.close()
 
 
+async def _dev_token(database_url: str, previous: str | None) -> str | None:
+    """An admin token for the CLI and the page: the recorded one while it still
+    works, else a new one (the old one revoked). None without the scheduler."""
+    try:
+        from jobwire.scheduler.api.tokens import (
+            TokenNotFound,
+            authenticate,
+            create_token,
+            ensure_schema,
+            revoke_token,
+        )
+    except ImportError:
+        return None
+    from jobwire.runtime.db import connect_pool
+
+    pool = await connect_pool(database_url, max_size=2)
+    try:
+        await ensure_schema(pool)
+        if previous and await authenticate(pool, previous) is not None:
+            return previous
+        with contextlib.suppress(TokenNotFound):
+            await revoke_token(pool, DEV_TOKEN_NAME, actor="jobwire dev")
+        return await create_token(pool, DEV_TOKEN_NAME, "admin", actor="jobwire dev")
+    finally:
+        await pool.close()
+
+
+def stop_leftovers(previous: devfile.DevFile) -> list[str]:
+    """Stop what an earlier, killed ``jobwire dev`` left running, by recorded PID.
+
+    A PID counts only with its recorded start time: a reused PID belongs to
+    someone else and is never signalled. Returns what was stopped, for the user.
+    """
+    stopped = []
+    for name, process in previous.processes().items():
+        if not process.alive():
+            continue
+        # PostgreSQL's fast shutdown is SIGINT (its SIGTERM waits for clients).
+        signum = signal.SIGINT if name == "postgres" else signal.SIGTERM
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signum)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while process.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+        stopped.append(f"{name} (pid {process.pid})")
+    return stopped
+
+
+def print_token(data_dir: str) -> int:
+    found = devfile.read(Path(data_dir).absolute() / devfile.FILE_NAME)
+    token = found.string("token")
+    if not token:
+        typer.echo(f"jobwire dev: no token recorded in {found.path}; run `make run`", err=True)
+        return 1
+    typer.echo(token)
+    return 0
+
+
 def run_dev(data_dir: str, examples: list[str]) -> int:
     from jobwire.cli.main import installed_services
 
-    data = Path(data_dir).absolute()
-    data.mkdir(parents=True, exist_ok=True)
-    services = installed_services()
+    signals = _Signals()
+    signals.install()
     try:
-        return _run(data, services, examples)
+        data = Path(data_dir).absolute()
+        data.mkdir(parents=True, exist_ok=True)
+        previous = devfile.read(data / devfile.FILE_NAME)
+        if previous.running():
+            owner = previous.owner
+            assert owner is not None
+            typer.echo(
+                f"jobwire dev: already running for {data} (pid {owner.pid}); stop it first",
+                err=True,
+            )
+            return 1
+        for name in stop_leftovers(previous):
+            typer.echo(f"jobwire dev: stopped {name}, left running by an earlier run")
+        services = installed_services()
+        return _run(data, services, examples, previous, signals)
     except EmbeddedServerError as exc:
         typer.echo(f"jobwire dev: {exc}", err=True)
         return 1
+    except _Stop:
+        typer.echo("jobwire dev: stopped")
+        return 0
 
 
-def _run(data: Path, services: dict[str, ServiceSpec], examples: list[str]) -> int:
+def _ordered(services: dict[str, ServiceSpec]) -> list[tuple[str, ServiceSpec]]:
+    return sorted(services.items(), key=lambda item: (item[0] != FIRST, item[0]))
+
+
+def _run(
+    data: Path,
+    services: dict[str, ServiceSpec],
+    examples: list[str],
+    previous: devfile.DevFile,
+    signals: _Signals,
+) -> int:
+    me = devfile.Recorded.of(os.getpid())
+    record = devfile.DevFile(data / devfile.FILE_NAME, {"pid": me.pid, "start": me.start})
+    record.save()
     with contextlib.ExitStack() as stack:
         if os.environ.get("JOBWIRE_NATS__URL"):
             nats_url = os.environ["JOBWIRE_NATS__URL"]
             nats_shown = "from JOBWIRE_NATS__URL"
         else:
-            nats_url = stack.enter_context(_embedded_nats(data))
-            nats_shown = f"{nats_url} (embedded, data in {data / 'nats'})"
+            nats_url, nats_dir = stack.enter_context(_embedded_nats(data, record))
+            nats_shown = f"{nats_url} (embedded, data in {nats_dir})"
         if os.environ.get("JOBWIRE_DATABASE_URL"):
             database_url = os.environ["JOBWIRE_DATABASE_URL"]
             db_shown = "from JOBWIRE_DATABASE_URL"
         else:
-            database_url = stack.enter_context(_embedded_postgres(data))
-            db_shown = f"{database_url} (embedded, data in {data / 'postgres'})"
+            database_url, pg_dir = stack.enter_context(_embedded_postgres(data, record))
+            db_shown = f"{database_url} (embedded, data in {pg_dir})"
+            record.values["postgres_data"] = str(pg_dir)
 
         try:
             configured = []
-            http_port = _port("http")
-            for offset, (name, spec) in enumerate(services.items()):
+            taken: set[int] = set()
+            for offset, (name, spec) in enumerate(_ordered(services)):
                 settings = load_settings(
                     spec.settings,
                     **spec.dev_overrides(data),
                     nats={"url": nats_url},
                     database_url=database_url,
-                    http_port=http_port + offset,
+                    http_port=_port(PREFERRED["http"] + offset, taken),
                     instance_id=f"dev-{name}-{os.getpid()}",
                 )
                 configured.append((spec, settings))
@@ -138,21 +285,38 @@ def _run(data: Path, services: dict[str, ServiceSpec], examples: list[str]) -> i
             typer.echo(f"jobwire dev: {exc}", err=True)
             return SettingsError.exit_code
 
-        typer.echo(f"jobwire {VERSION} — local system")
+        # Before anything logs (migrations do): logs go to stderr, as configured.
+        setup_logging(base.log_level, base.log_format, service="dev")
+        api = next((s for spec, s in configured if spec.name == FIRST), None)
+        api_url = f"http://{api.http_host}:{api.http_port}" if api else None
+        token = asyncio.run(_dev_token(database_url, previous.string("token"))) if api else None
+        record.values.update(
+            {
+                "api_url": api_url,
+                "token": token,
+                "nats_url": nats_url,
+                "namespace": base.namespace,
+                "database_url": database_url,
+            }
+        )
+        record.save()
+
+        typer.echo(f"jobwire {VERSION} — local system (data in {data})")
         typer.echo(f"  NATS        {nats_shown}")
         typer.echo(f"  PostgreSQL  {db_shown}")
         for spec, settings in configured:
+            role = " — the page and the admin API" if spec.name == FIRST else ""
             typer.echo(
                 f"  {spec.name:<11} http://{settings.http_host}:{settings.http_port}"
-                " (/healthz, /readyz)"
+                f" (/healthz, /readyz){role}"
             )
         if not configured:
             typer.echo("  no services installed yet: servers only")
         for script in examples:
-            stack.enter_context(_example(script, nats_url, base.namespace))
+            stack.enter_context(_example(script, nats_url, base.namespace, record))
             typer.echo(f"  example     {script}")
+        _next_steps(data, api_url, token)
 
-        setup_logging(base.log_level, base.log_format, service="dev")
         setup_telemetry("jobwire-dev", VERSION, f"dev-{os.getpid()}", base.host)
         tune_garbage_collector()
 
@@ -169,8 +333,29 @@ def _run(data: Path, services: dict[str, ServiceSpec], examples: list[str]) -> i
         try:
             asyncio.run(main())
         except asyncio.CancelledError:
-            return 130
+            return 130  # a forced stop (a second signal): said by the exit code
         finally:
+            # The loop's handlers are gone with it; the servers stop next, and
+            # a signal now must not kill us half way (see _Signals).
+            signals.requested = True
+            signals.install()
             shutdown_telemetry()
     typer.echo("jobwire dev: stopped")
     return 0
+
+
+def _next_steps(data: Path, api_url: str | None, token: str | None) -> None:
+    if api_url is None:
+        return
+    typer.echo(f"Jobs Management page and admin API: {api_url}/")
+    # The CLI finds .jobwire/ from the project's folders by itself; elsewhere
+    # it has to be told.
+    found = devfile.locate({}, Path.cwd())
+    prefix = "uv run jobwire"
+    if data.name != devfile.DEFAULT_DIR or found != data / devfile.FILE_NAME:
+        prefix = f"JOBWIRE_DEV_DIR={shlex.quote(str(data))} {prefix}"
+    if token:
+        typer.echo(f"  sign in to the page with the token `{prefix} dev --print-token` prints")
+    typer.echo("Next, in another terminal in this folder:")
+    for command in ("jobs list", "runs list", "hosts", "watch"):
+        typer.echo(f"  {prefix} {command}")

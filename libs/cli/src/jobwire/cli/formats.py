@@ -71,13 +71,25 @@ def load_document(text: str, source: str) -> Any:
             raise DocumentError(
                 f"{source}: not valid JSON: {exc.msg} (line {exc.lineno})"
             ) from None
+        except ValueError as exc:  # an integer of more digits than Python converts
+            raise DocumentError(f"{source}: not valid JSON: {exc}") from None
+        except RecursionError:
+            raise DocumentError(f"{source}: not valid JSON: nested too deeply") from None
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "cannot be parsed"
-        raise DocumentError(f"{source}: not valid YAML: {problem}{where}") from None
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None)
+        raise DocumentError(
+            f"{source}: not valid YAML: {problem or 'cannot be parsed'}{where}"
+        ) from None
+    except RecursionError:
+        raise DocumentError(f"{source}: not valid YAML: nested too deeply") from None
+    except (ValueError, TypeError) as exc:
+        # A value the constructor cannot build: a 5,000-digit integer, a bad
+        # !!timestamp or !!binary.
+        raise DocumentError(f"{source}: not valid YAML: {exc}") from None
 
 
 def dump_yaml(data: Any) -> str:

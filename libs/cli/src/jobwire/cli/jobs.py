@@ -119,7 +119,13 @@ def list_jobs(
         items, total = fetch_jobs(
             client, job_filters(type_, group, status, tag, search, sort), limit
         )
-    emit(items, cli.format(output), lambda: jobs_table(items, total))
+    emit(jobs_page(items, total, limit), cli.format(output), lambda: jobs_table(items, total))
+
+
+def jobs_page(items: list[JSON], total: int, limit: int) -> JSON:
+    """The API's page document (``GET /api/v1/jobs``), for scripts: the pages
+    the CLI fetched, as one page from offset 0."""
+    return {"items": items, "total": total, "limit": limit, "offset": 0}
 
 
 @app.command("show")

@@ -14,9 +14,12 @@ from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 
 from jobwire.cli import apply, jobs, runs, tokens, watch
-from jobwire.cli.context import Cli
+from jobwire.cli.context import Cli, OutputOption, cli_of
 from jobwire.cli.output import OutputFormat
 from jobwire.runtime.service import ServiceSpec, serve
 
@@ -89,30 +92,46 @@ def dev(
         list[str] | None,
         typer.Option(help="a script to run beside the system, e.g. examples/workflow_printer.py"),
     ] = None,
+    print_token: Annotated[
+        bool,
+        typer.Option(
+            "--print-token", help="print the development admin token it recorded, and exit"
+        ),
+    ] = False,
 ) -> None:
-    """Run the whole system on this machine: embedded NATS and PostgreSQL, every service."""
+    """Run the whole system on this machine: embedded NATS and PostgreSQL, every service.
+
+    It records its URLs, a development admin token and the PIDs it started in
+    DATA_DIR/dev.json (mode 0600); the other commands, run inside the project,
+    use them while it runs. SIGINT or SIGTERM stops everything."""
+    from jobwire.cli.dev import print_token as show_token
     from jobwire.cli.dev import run_dev
 
+    if print_token:
+        raise typer.Exit(show_token(data_dir))
     raise typer.Exit(run_dev(data_dir, example or []))
 
 
 @app.command()
-def hosts() -> None:
+def hosts(ctx: typer.Context, output: OutputOption = None) -> None:
     """List live service instances from the host registry."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from jobwire.cli.output import emit, table
     from jobwire.contracts.hosts import HostInfo
     from jobwire.contracts.listeners import ListenerSlotStatus
-    from jobwire.runtime.broker import Broker
+    from jobwire.runtime.broker import Broker, redact
     from jobwire.runtime.hosts import live_hosts
+    from jobwire.runtime.logs import setup_logging
     from jobwire.runtime.settings import ServiceSettings, SettingsError, load_settings
+    from jobwire.runtime.waits import Stopped
 
     try:
-        settings = load_settings(ServiceSettings)
+        settings = load_settings(ServiceSettings, **_dev_nats())
     except SettingsError as exc:
         typer.echo(f"jobwire hosts: {exc}", err=True)
         raise typer.Exit(SettingsError.exit_code) from None
+    # Only the result goes to stdout: library log lines (connected…) go to
+    # stderr, and only warnings.
+    setup_logging("WARNING", settings.log_format)
 
     async def fetch() -> list[HostInfo]:
         broker = Broker(settings, source="/jobwire/cli")
@@ -127,58 +146,85 @@ def hosts() -> None:
         finally:
             await broker.close()
 
-    from jobwire.runtime.broker import redact
-    from jobwire.runtime.waits import Stopped
-
+    shown = ", ".join(redact(url) for url in settings.nats.servers)
     try:
         found = asyncio.run(fetch())
     except Stopped:
-        shown = ", ".join(redact(url) for url in settings.nats.servers)
         typer.echo(f"jobwire hosts: NATS unreachable at {shown}", err=True)
         raise typer.Exit(1) from None
-    table = Table("service", "host", "instance", "version", "ready", "started", "heartbeat")
-    for h in found:
-        table.add_row(
-            h.service,
-            h.host,
-            h.instance_id,
-            h.jobwire_version,
-            "yes" if h.ready else "no",
-            h.started_at.isoformat(timespec="seconds"),
-            h.heartbeat_at.isoformat(timespec="seconds"),
+    documents = [h.model_dump(mode="json") for h in found]
+
+    def view() -> Group:
+        grid = table(
+            ("service", "host", "instance", "version", "ready", "started", "heartbeat"),
+            (
+                [
+                    Text(h.service),
+                    Text(h.host),
+                    Text(h.instance_id),
+                    Text(h.jobwire_version),
+                    Text("yes" if h.ready else "no"),
+                    Text(h.started_at.isoformat(timespec="seconds")),
+                    Text(h.heartbeat_at.isoformat(timespec="seconds")),
+                ]
+                for h in found
+            ),
+            None if found else f"no live instances in namespace {settings.namespace!r} at {shown}",
         )
-    console = Console()
-    console.print(table)
-    slots = [
-        (h, ListenerSlotStatus.model_validate(raw))
-        for h in found
-        for raw in h.status.get("listeners", [])
-    ]
-    if slots:
-        listeners = Table(
-            "listener",
-            "slot",
-            "state",
-            "host",
-            "received",
-            "published",
-            "dead",
-            "errors",
-            "lag",
-            "last error",
-            title="listener slots",
-        )
-        for h, s in sorted(slots, key=lambda hs: (hs[1].job_name, hs[1].slot or -1)):
-            listeners.add_row(
-                s.job_name,
-                "-" if s.slot is None else str(s.slot),
-                s.state,
-                h.host,
-                str(s.received),
-                str(s.published),
-                str(s.dead_lettered),
-                str(s.errors),
-                "-" if s.lag is None else str(s.lag),
-                s.last_error or "",
+        parts: list[Table] = [grid]
+        slots = [
+            (h, ListenerSlotStatus.model_validate(raw))
+            for h in found
+            for raw in h.status.get("listeners", [])
+        ]
+        if slots:
+            listeners = Table(
+                "listener",
+                "slot",
+                "state",
+                "host",
+                "received",
+                "published",
+                "dead",
+                "errors",
+                "lag",
+                "last error",
+                title="listener slots",
             )
-        console.print(listeners)
+            for h, slot in sorted(slots, key=lambda hs: (hs[1].job_name, hs[1].slot or -1)):
+                listeners.add_row(
+                    slot.job_name,
+                    "-" if slot.slot is None else str(slot.slot),
+                    slot.state,
+                    h.host,
+                    str(slot.received),
+                    str(slot.published),
+                    str(slot.dead_lettered),
+                    str(slot.errors),
+                    "-" if slot.lag is None else str(slot.lag),
+                    slot.last_error or "",
+                )
+            parts.append(listeners)
+        return Group(*parts)
+
+    emit(documents, cli_of(ctx).format(output), view)
+
+
+def _dev_nats() -> dict[str, object]:
+    """NATS and namespace of a running ``jobwire dev`` of this project, for what
+    the environment does not set."""
+    import os
+
+    from jobwire.cli import devfile
+
+    dev = devfile.running(os.environ)
+    if dev is None:
+        return {}
+    overrides: dict[str, object] = {}
+    url = dev.string("nats_url")
+    if url and not any(k.startswith("JOBWIRE_NATS__") for k in os.environ):
+        overrides["nats"] = {"url": url}
+    namespace = dev.string("namespace")
+    if namespace and "JOBWIRE_NAMESPACE" not in os.environ:
+        overrides["namespace"] = namespace
+    return overrides

@@ -51,11 +51,14 @@ def _with_pool(use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     from jobwire.runtime.waits import Stopped
 
     try:
-        settings = load_settings(ServiceSettings)
+        settings = load_settings(ServiceSettings, **_dev_database())
     except SettingsError as exc:
         raise CliError(str(exc)) from None
     if settings.database_url is None:
-        raise CliError("JOBWIRE_DATABASE_URL is not set: tokens live in the scheduler's database")
+        raise CliError(
+            "JOBWIRE_DATABASE_URL is not set (and no `jobwire dev` runs here): "
+            "tokens live in the scheduler's database"
+        )
     # Library log lines (a migration applied) go to stderr, never into the
     # token printed on stdout.
     setup_logging("WARNING", settings.log_format)
@@ -155,21 +158,40 @@ def list_tokens(
 
 @app.command("revoke")
 @command
-def revoke(name: NameArg) -> None:
+def revoke(ctx: typer.Context, name: NameArg, output: OutputOption = None) -> None:
     """Revoke the active token NAME: it stops working at once."""
     from jobwire.scheduler.api.tokens import TokenNotFound, revoke_token
 
-    async def drop(pool: asyncpg.Pool) -> None:
+    async def drop(pool: asyncpg.Pool) -> dict[str, Any]:
         try:
-            await revoke_token(pool, name, actor="cli")
+            info = await revoke_token(pool, name, actor="cli")
         except TokenNotFound as exc:
             raise CliError(str(exc)) from None
         except Exception as exc:
             _no_schema(exc)
             raise
+        return {
+            "name": info.name,
+            "role": info.role.value,
+            "revoked_at": info.revoked_at.isoformat() if info.revoked_at else None,
+        }
 
-    _with_pool(drop)
-    typer.echo(f"token {name!r} revoked")
+    revoked = _with_pool(drop)
+    emit(revoked, cli_of(ctx).format(output), lambda: f"token {name!r} revoked")
+
+
+def _dev_database() -> dict[str, str]:
+    """The database of a running ``jobwire dev`` of this project, unless
+    ``JOBWIRE_DATABASE_URL`` names one."""
+    import os
+
+    from jobwire.cli import devfile
+
+    if os.environ.get("JOBWIRE_DATABASE_URL"):
+        return {}
+    dev = devfile.running(os.environ)
+    url = dev.string("database_url") if dev else None
+    return {"database_url": url} if url else {}
 
 
 def _no_schema(exc: Exception) -> None:

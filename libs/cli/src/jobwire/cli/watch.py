@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
 from typing import Annotated, Any
@@ -11,7 +12,8 @@ from rich.live import Live
 from rich.table import Table
 
 from jobwire.cli.client import ApiClient, ApiError, ApiUnreachable
-from jobwire.cli.context import cli_of, command
+from jobwire.cli.context import OutputOption, cli_of, command
+from jobwire.cli.formats import dump_yaml
 from jobwire.cli.jobs import (
     GroupOption,
     JobSort,
@@ -22,8 +24,9 @@ from jobwire.cli.jobs import (
     TypeOption,
     fetch_jobs,
     job_filters,
+    jobs_page,
 )
-from jobwire.cli.output import console, jobs_table
+from jobwire.cli.output import OutputFormat, console, jobs_table
 
 
 @command
@@ -37,10 +40,26 @@ def watch(
     search: SearchOption = None,
     sort: SortOption = JobSort.NAME,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many jobs.")] = 100,
+    output: OutputOption = None,
 ) -> None:
-    """A live Jobs Management table; Ctrl-C stops it."""
+    """A live Jobs Management table; Ctrl-C stops it. With -o json or yaml, the
+    jobs page document at every refresh instead (JSON: one line each)."""
     filters = job_filters(type_, group, status, tag, search, sort)
     cli = cli_of(ctx)
+    fmt = cli.format(output)
+    if fmt is not OutputFormat.TABLE:
+        with cli.client() as client:
+            try:
+                while True:
+                    items, total = fetch_jobs(client, filters, limit)
+                    page = jobs_page(items, total, limit)
+                    if fmt is OutputFormat.JSON:
+                        typer.echo(json.dumps(page, ensure_ascii=False))
+                    else:
+                        typer.echo("---\n" + dump_yaml(page), nl=False)
+                    time.sleep(interval)
+            except KeyboardInterrupt:
+                return
     with cli.client() as client, Live(console=console(), auto_refresh=False) as live:
         frame = Frame(client, filters, limit, interval)
         try:

@@ -239,12 +239,17 @@ class Broker:
         else:
             log.warning("nats.error", error=error)
 
-    async def close(self) -> None:
-        """Drain: flush what was published, finish subscriptions, close."""
+    async def close(self, drain_timeout: float | None = None) -> None:
+        """Drain: flush what was published, finish subscriptions, close.
+
+        ``drain_timeout`` bounds the drain (a forced stop must not wait the
+        client's 30 s for a subscription that will not finish); past it the
+        connection is closed as it is.
+        """
         self._closing = True
         if self._nc is not None and not self._nc.is_closed:
             try:
-                await self._nc.drain()
+                await asyncio.wait_for(self._nc.drain(), drain_timeout)
             except Exception as exc:  # e.g. reconnecting: nothing can be flushed now
                 log.warning("nats.drain_failed", error=str(exc) or type(exc).__name__)
                 with contextlib.suppress(Exception):  # the socket may be half gone

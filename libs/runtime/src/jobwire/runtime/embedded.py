@@ -7,33 +7,46 @@ the real server binary and talks to it only through its PID and its port.
 Processes are stopped by PID, never by name, so a machine's own servers are never
 touched. Each server writes its log to a file inside its own directory; the tail
 of that log is put into the error raised when a start fails.
+
+Every server is a direct child started through :func:`child_options`: a session
+of its own (a Ctrl-C in the terminal reaches only our process, which stops the
+servers in order) and, on Linux, a parent-death signal, so a server never
+outlives the process that started it, even one killed with SIGKILL.
+PostgreSQL runs in the foreground for that reason (``pg_ctl`` would daemonize
+it out of our reach).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import os
 import pwd
 import re
-import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 __all__ = [
     "EmbeddedServerError",
     "NatsServer",
     "PostgresServer",
+    "child_options",
     "free_port",
     "is_listening",
     "pid_alive",
+    "postgres_can_reach",
+    "postgres_data_dir",
+    "process_start_time",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -93,8 +106,9 @@ def _file_size(path: Path) -> int:
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` is a live process; a zombie counts as gone.
 
-    Servers started through ``pg_ctl`` are not our children, so we cannot
-    ``waitpid`` them, and the init process may be slow to reap them.
+    A recorded PID may belong to a process that is not our child (a server an
+    earlier run left behind), which we cannot ``waitpid``, and the init
+    process may be slow to reap it.
     """
     try:
         os.kill(pid, 0)
@@ -112,6 +126,78 @@ def pid_alive(pid: int) -> bool:
     # The state letter follows the command name, which is in parentheses and
     # may itself contain spaces or parentheses.
     return stat[stat.rindex(")") + 2 :][:1] != "Z"
+
+
+def process_start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot, from /proc), None if gone or unknown.
+
+    A PID and its start time name one process for good: a PID recorded by an
+    earlier run may belong to an unrelated process by now, which must never be
+    signalled.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the fields after the parenthesised command name start at field 3.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _death_signal_setter(death_signal: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send ``death_signal`` to the child
+    when its parent dies; None where that cannot work.
+
+    Linux only (``prctl``). The signal is tied to the *thread* that forks, not
+    the process: a child forked from a worker thread would be killed when that
+    thread ends, so only the main thread gets it (the others rely on ``stop``).
+    The function is resolved here, before the fork: the child runs as little
+    as possible between fork and exec. It runs after ``Popen(user=…)`` has
+    switched users, which would otherwise clear the setting.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(death_signal), 0, 0, 0)
+        # The parent may have died between fork and prctl: nobody would tell us.
+        if os.getppid() != parent:
+            os.kill(os.getpid(), death_signal)
+
+    return set_death_signal
+
+
+def child_options(death_signal: int = signal.SIGTERM) -> dict[str, Any]:
+    """``subprocess.Popen`` keyword arguments for a server we start and own.
+
+    A session of its own (a Ctrl-C in a terminal goes to our process group,
+    not to the server; we stop it in order) and, where the platform allows,
+    ``death_signal`` when our process dies, however it dies. SIGINT and
+    SIGTERM are reset to their defaults: a server started from a script whose
+    shell ignored them must still obey our stop.
+    """
+    setter = _death_signal_setter(death_signal)
+
+    def prepare() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if setter is not None:
+            setter()
+
+    return {"start_new_session": True, "preexec_fn": prepare}
 
 
 def _wait_pid_gone(pid: int, timeout: float) -> bool:
@@ -235,14 +321,12 @@ class NatsServer(EmbeddedServer):
         log_offset = _file_size(self.log_path)
         command = [binary, "-a", LOOPBACK, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
         with self.log_path.open("ab") as log:
-            # A session of its own: a Ctrl-C in the terminal reaches only our
-            # process, which then stops the server in order.
             self._process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                **child_options(),
             )
         deadline = time.monotonic() + timeout
         while not is_listening(LOOPBACK, self.port):
@@ -283,7 +367,7 @@ def _find_postgres_bin_dir() -> Path:
     initdb_on_path = shutil.which("initdb")
     if initdb_on_path:
         # Distributions symlink initdb into /usr/local/bin or /usr/bin; the real
-        # directory also holds the matching pg_ctl and postgres.
+        # directory also holds the matching postgres.
         candidates += [Path(initdb_on_path).parent, Path(initdb_on_path).resolve().parent]
     pg_config = shutil.which("pg_config")
     if pg_config:
@@ -295,13 +379,67 @@ def _find_postgres_bin_dir() -> Path:
     installed = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
     candidates += [Path(path) for path in installed]
     for directory in candidates:
-        if all(os.access(directory / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres")):
+        if all(os.access(directory / name, os.X_OK) for name in ("initdb", "postgres")):
             return directory
     raise EmbeddedServerError(
-        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found on PATH, in "
+        "PostgreSQL server binaries (initdb, postgres) not found on PATH, in "
         "`pg_config --bindir` or in /usr/lib/postgresql/*/bin; install them, e.g. "
         "`apt-get install postgresql` on Debian/Ubuntu or `brew install postgresql` on macOS"
     )
+
+
+# Where `jobwire dev` keeps PostgreSQL's data when the `postgres` OS user cannot
+# reach the project's folder (a clone in root's 0700 home): /var/tmp survives
+# reboots, unlike /tmp.
+SHARED_POSTGRES_ROOT = Path("/var/tmp/jobwire-dev")  # noqa: S108 (root-owned, checked before use)
+
+
+def postgres_can_reach(directory: Path) -> bool:
+    """True if the server, as the user it will run as, can enter ``directory``.
+
+    Only root has a question to ask: the server then runs as ``postgres``,
+    which needs every parent of its data directory to be searchable.
+    """
+    if os.geteuid() != 0:
+        return True
+    result = subprocess.run(
+        ["runuser", "-u", "postgres", "--", "test", "-x", str(directory)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def postgres_data_dir(preferred: Path, owner: Path) -> Path:
+    """``preferred`` if the server can reach it, else a folder of ``owner``'s own
+    under :data:`SHARED_POSTGRES_ROOT`, named by a hash of ``owner``'s path.
+
+    Permissions of the user's folders are never changed: a 0700 home stays
+    0700. The shared root belongs to root and is 0755, and so are its entries
+    (the data directory inside goes to ``postgres``, 0700); a root that someone
+    else made, or a symlink in its place, is refused.
+    """
+    if postgres_can_reach(preferred.parent):
+        return preferred
+    import hashlib
+
+    SHARED_POSTGRES_ROOT.mkdir(mode=0o755, exist_ok=True)
+    info = SHARED_POSTGRES_ROOT.lstat()
+    if not os.path.isdir(SHARED_POSTGRES_ROOT) or SHARED_POSTGRES_ROOT.is_symlink():
+        raise EmbeddedServerError(f"{SHARED_POSTGRES_ROOT} is not a directory")
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        raise EmbeddedServerError(
+            f"{SHARED_POSTGRES_ROOT} must belong to root and be writable by root only "
+            f"(owner uid {info.st_uid}, mode {info.st_mode & 0o777:04o}); remove it"
+        )
+    key = hashlib.sha256(str(owner.absolute()).encode()).hexdigest()[:16]
+    folder = SHARED_POSTGRES_ROOT / key
+    folder.mkdir(mode=0o755, exist_ok=True)
+    # Who owns this folder, for a person looking at /var/tmp.
+    (folder / "project").write_text(f"{owner.absolute()}\n")
+    return folder / "postgres"
 
 
 class PostgresServer(EmbeddedServer):
@@ -310,8 +448,10 @@ class PostgresServer(EmbeddedServer):
     ``start()`` runs ``initdb`` the first time (empty or missing ``data_dir``) and
     reuses the data afterwards, so data persists between runs. PostgreSQL refuses
     to run as root: then the data directory is handed to the ``postgres`` OS user
-    and ``initdb``/``pg_ctl`` run through ``runuser``. The server listens on TCP
-    loopback and on a Unix socket in ``data_dir`` (when that path is short enough).
+    and the server runs as that user. The postmaster is our child, in the
+    foreground (not daemonized by ``pg_ctl``), so that it dies with us: SIGINT,
+    its fast shutdown, is its parent-death signal. It listens on TCP loopback
+    and on a Unix socket in ``data_dir`` (when that path is short enough).
     """
 
     SUPERUSER = "postgres"
@@ -321,6 +461,7 @@ class PostgresServer(EmbeddedServer):
         self.port = port if port is not None else free_port()
         self.log_path = self.data_dir / "postgres.log"
         self._bin_dir: Path | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def dsn(self) -> str:
@@ -329,6 +470,7 @@ class PostgresServer(EmbeddedServer):
     @property
     def pid(self) -> int | None:
         """PID of the running postmaster, read from its lock file; None when stopped."""
+        self._reap()
         pid = self._lock_file_pid()
         return pid if pid is not None and self._is_our_postmaster(pid) else None
 
@@ -343,66 +485,95 @@ class PostgresServer(EmbeddedServer):
         self._prepare_data_dir(run_as)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
+        self._reap()
         self._clear_stale_lock_file()
         _ensure_port_free(self.port, "PostgreSQL")
         log_offset = _file_size(self.log_path)
         socket_dir = str(self.data_dir) if len(str(self.data_dir)) <= _MAX_SOCKET_DIR_LEN else ""
-        # pg_ctl hands -o to /bin/sh, hence the quoting; an empty socket directory
-        # turns Unix sockets off and leaves the TCP listener.
-        server_options = (
-            f"-p {self.port} -k {shlex.quote(socket_dir)} -c listen_addresses={LOOPBACK}"
-        )
-        result = self._run(
-            "pg_ctl",
-            "start",
-            "-w",
-            "-t",
-            str(max(1, round(timeout))),
+        # An empty socket directory turns Unix sockets off and leaves the TCP listener.
+        command = [
+            str(self._bin_dir / "postgres"),
             "-D",
             str(self.data_dir),
-            "-l",
-            str(self.log_path),
-            "-o",
-            server_options,
-            timeout=timeout + 5,
-        )
-        if result.returncode != 0 or not is_listening(LOOPBACK, self.port):
-            # pg_ctl gives up waiting but leaves a slow postmaster running.
-            with contextlib.suppress(EmbeddedServerError, subprocess.TimeoutExpired):
-                self.stop()
-            raise EmbeddedServerError(
-                f"PostgreSQL did not start on port {self.port} (pg_ctl exit "
-                f"{result.returncode}: {result.stdout.strip()}); "
-                f"{_log_tail(self.log_path, log_offset)}"
+            "-p",
+            str(self.port),
+            "-k",
+            socket_dir,
+            "-c",
+            f"listen_addresses={LOOPBACK}",
+        ]
+        user: dict[str, Any] = {}
+        if run_as is not None:
+            user = {"user": run_as.pw_uid, "group": run_as.pw_gid, "extra_groups": []}
+        with self.log_path.open("ab") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=self.data_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **user,
+                **child_options(signal.SIGINT),
             )
+        self._process = process
+        deadline = time.monotonic() + timeout
+        while not (self._lock_file_says_ready() and is_listening(LOOPBACK, self.port)):
+            code = process.poll()
+            if code is not None:
+                self._process = None
+                raise EmbeddedServerError(
+                    f"PostgreSQL exited with code {code} while starting on port {self.port}; "
+                    f"{_log_tail(self.log_path, log_offset)}"
+                )
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(EmbeddedServerError):
+                    self.stop()
+                raise EmbeddedServerError(
+                    f"PostgreSQL did not accept connections on port {self.port} within "
+                    f"{timeout:.0f} s; {_log_tail(self.log_path, log_offset)}"
+                )
+            time.sleep(_POLL_INTERVAL)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Fast shutdown through ``pg_ctl``; SIGKILL the postmaster if that fails.
+        """Fast shutdown (SIGINT to the postmaster); SIGKILL it if that takes too long.
 
         Safe to call when the server is not running.
         """
         pid = self.pid
         if pid is None:
-            return
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._run(
-                "pg_ctl",
-                "stop",
-                "-m",
-                "fast",
-                "-w",
-                "-t",
-                str(max(1, round(timeout))),
-                "-D",
-                str(self.data_dir),
-                timeout=timeout + 5,
-            )
-        if _wait_pid_gone(pid, timeout):
+            self._reap()
             return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        if not _wait_pid_gone(pid, timeout):
-            raise EmbeddedServerError(f"PostgreSQL postmaster (pid {pid}) survived SIGKILL")
+            os.kill(pid, signal.SIGINT)
+        if not self._wait_gone(pid, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if not self._wait_gone(pid, timeout):
+                raise EmbeddedServerError(f"PostgreSQL postmaster (pid {pid}) survived SIGKILL")
+        self._reap()
+
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid):
+            self._reap()
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL_INTERVAL)
+        return True
+
+    def _reap(self) -> None:
+        """Collect our postmaster's exit status once it is gone (no zombie left)."""
+        if self._process is not None and self._process.poll() is not None:
+            self._process = None
+
+    def _lock_file_says_ready(self) -> bool:
+        # Line 8 of postmaster.pid is the postmaster's status; "ready" once it
+        # accepts connections (before, a connection is refused as "starting up").
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return len(lines) >= 8 and lines[7].strip() == "ready"
 
     def __repr__(self) -> str:
         return f"PostgresServer(dsn={self.dsn!r}, pid={self.pid}, data_dir={str(self.data_dir)!r})"
@@ -497,7 +668,7 @@ class PostgresServer(EmbeddedServer):
         if self._is_our_postmaster(pid):
             raise EmbeddedServerError(
                 f"PostgreSQL is already running on {self.data_dir} (pid {pid}); stop it "
-                f"with `pg_ctl stop -D {self.data_dir}`"
+                f"with `kill -INT {pid}`"
             )
         deadline = time.monotonic() + timeout
         while _shared_memory_attached(pid) and time.monotonic() < deadline:
@@ -519,7 +690,7 @@ class PostgresServer(EmbeddedServer):
         command = [executable, *args]
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
-        # cwd: initdb and pg_ctl warn when they cannot read the current directory.
+        # cwd: initdb warns when it cannot read the current directory.
         return subprocess.run(
             command,
             cwd=self.data_dir,

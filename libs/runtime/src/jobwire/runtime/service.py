@@ -8,7 +8,11 @@ and streams, database pool and migrations, host registration, and shutdown:
 SIGTERM/SIGINT → ``ctx.stopping`` is set (stop taking work) → ``main`` gets
 ``shutdown_grace_seconds`` to finish or hand back in-flight work → it is
 cancelled → the broker is drained, the instance deregistered, and the process
-exits. A second signal skips the grace period.
+exits. A second signal skips the grace period and bounds the drain to
+``FORCED_DRAIN_SECONDS``: a forced stop is faster than a graceful one. The same
+signal again within ``DUPLICATE_SIGNAL_SECONDS`` of the first is not a second
+request: ``uv run`` (without a terminal) or a process-group kill delivers one
+SIGINT twice.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import gc
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -37,6 +42,9 @@ from jobwire.runtime.telemetry import setup_telemetry, shutdown_telemetry
 from jobwire.runtime.waits import Stopped
 
 log = get_logger("jobwire.service")
+
+FORCED_DRAIN_SECONDS = 1.0
+DUPLICATE_SIGNAL_SECONDS = 1.0
 
 try:
     VERSION = version("jobwire-runtime")
@@ -136,7 +144,7 @@ async def run_service(spec: ServiceSpec, settings: ServiceSettings, stop: asynci
         readiness.set("started", False, "stopping")
         if hosts is not None:
             await hosts.stop()
-        await broker.close()
+        await broker.close(FORCED_DRAIN_SECONDS if _forced() else None)
         if ctx.db is not None:
             await ctx.db.close()
         if http is not None:
@@ -178,19 +186,38 @@ async def run_services(
             raise result
 
 
+def _forced() -> bool:
+    """True inside a task being cancelled: a forced stop, not a graceful one."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def install_signal_handlers(stop: asyncio.Event) -> None:
-    """First SIGTERM/SIGINT: graceful stop. Second: stop now."""
+    """First SIGTERM/SIGINT: graceful stop. Second: stop now.
+
+    The event loop's handlers replace whatever disposition the process
+    inherited: a service started from a script (a background job of a
+    non-interactive shell starts with SIGINT ignored) still stops on SIGINT.
+    """
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
+    first: tuple[int, float] | None = None
 
     def handle(signum: int) -> None:
-        if stop.is_set():
-            log.warning("service.forced_stop", signal=signal.Signals(signum).name)
-            if main_task is not None:
-                main_task.cancel()
+        nonlocal first
+        name = signal.Signals(signum).name
+        now = time.monotonic()
+        if first is None and not stop.is_set():
+            first = (signum, now)
+            log.info("service.stop_requested", signal=name)
+            stop.set()
             return
-        log.info("service.stop_requested", signal=signal.Signals(signum).name)
-        stop.set()
+        if first is not None and first[0] == signum and now - first[1] < DUPLICATE_SIGNAL_SECONDS:
+            log.info("service.duplicate_signal_ignored", signal=name)
+            return
+        log.warning("service.forced_stop", signal=name)
+        if main_task is not None:
+            main_task.cancel()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, handle, signum)

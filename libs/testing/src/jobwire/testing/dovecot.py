@@ -43,6 +43,7 @@ from jobwire.runtime.embedded import (
     LOOPBACK,
     EmbeddedServer,
     EmbeddedServerError,
+    child_options,
     free_port,
     is_listening,
     pid_alive,
@@ -278,7 +279,8 @@ class DovecotServer(EmbeddedServer):
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                # Its own session, and it dies with us (a killed test run).
+                **child_options(),
             )
         deadline = time.monotonic() + timeout
         while not (

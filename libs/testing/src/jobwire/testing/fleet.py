@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from jobwire.runtime.embedded import free_port
+from jobwire.runtime.embedded import child_options, free_port
 from jobwire.testing.waiting import wait_for
 
 __all__ = ["Fleet", "Instance"]
@@ -124,6 +124,9 @@ class Fleet:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # Its own session, SIGINT/SIGTERM at their defaults whatever the
+                # test run inherited, and it dies with the test run.
+                **child_options(),
             )
         instance = Instance(name, popen, port, log_path)
         self.replicas.append(instance)

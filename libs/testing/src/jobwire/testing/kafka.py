@@ -27,6 +27,7 @@ from jobwire.runtime.embedded import (
     LOOPBACK,
     EmbeddedServer,
     EmbeddedServerError,
+    child_options,
     free_port,
     is_listening,
     terminate,
@@ -134,7 +135,8 @@ class TansuBroker(EmbeddedServer):
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                # Its own session, and it dies with us (a killed test run).
+                **child_options(),
             )
         deadline = time.monotonic() + timeout
         try:

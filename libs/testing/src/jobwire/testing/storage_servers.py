@@ -37,6 +37,7 @@ from jobwire.runtime.embedded import (
     LOOPBACK,
     EmbeddedServer,
     EmbeddedServerError,
+    child_options,
     free_port,
     is_listening,
     terminate,
@@ -234,7 +235,8 @@ class SeaweedS3Server(EmbeddedServer):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
-                start_new_session=True,
+                # Its own session, and it dies with us (a killed test run).
+                **child_options(),
             )
         health = f"{self.endpoint.url}/healthz"
         try:
@@ -451,7 +453,8 @@ class AzuriteServer(EmbeddedServer):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.work_dir,
-                start_new_session=True,
+                # Its own session, and it dies with us (a killed test run).
+                **child_options(),
             )
         try:
             _wait_until(
