@@ -487,6 +487,13 @@ class PostgresServer(EmbeddedServer):
             self._initdb()
         self._reap()
         self._clear_stale_lock_file()
+        if self._process is not None:
+            # Our earlier postmaster was killed and is gone (its lock file is
+            # cleared), but the kernel may not have let us reap it yet: wait for
+            # it, or its Popen would be dropped unreaped (a zombie and a warning).
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout)
+            self._process = None
         _ensure_port_free(self.port, "PostgreSQL")
         log_offset = _file_size(self.log_path)
         socket_dir = str(self.data_dir) if len(str(self.data_dir)) <= _MAX_SOCKET_DIR_LEN else ""
