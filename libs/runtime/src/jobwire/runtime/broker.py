@@ -31,7 +31,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import ValidationError
@@ -279,10 +279,22 @@ class Broker:
                 await self.js.add_stream(config)
             except BadRequestError as exc:
                 # 10058: exists with another configuration → bring it to ours.
+                # 10065 "subjects overlap": another replica created this very
+                # stream a moment ago (the server's checks race); only a stream
+                # of another name on our subjects is a real conflict.
+                if exc.err_code == 10065 and await self._stream_exists(config.name):
+                    continue
                 if exc.err_code != 10058:
                     raise
                 await self.js.update_stream(config)
         log.info("nats.streams_ready", namespace=self.subjects.namespace)
+
+    async def _stream_exists(self, name: str | None) -> bool:
+        try:
+            await self.js.stream_info(name or "")
+        except NotFoundError:
+            return False
+        return True
 
     # -- publishing -------------------------------------------------------------
 
