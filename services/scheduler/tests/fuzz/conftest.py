@@ -79,7 +79,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "jobwire-fuzz-fuzz",
-    max_examples=600,
+    max_examples=1500,
     stateful_step_count=40,
     **_COMMON,  # type: ignore[arg-type]
 )
