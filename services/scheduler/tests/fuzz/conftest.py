@@ -219,6 +219,9 @@ def live_scheduler(
             "JOBWIRE_DATABASE_URL": database_url,
             "JOBWIRE_SCHEDULER__RELAY_POLL_SECONDS": "0.2",
             "JOBWIRE_SCHEDULER__LISTENER_SYNC_SECONDS": "1",
+            # The firing loop looks at its next due job at least this often: a job
+            # it cannot handle as the next one shows within a second, not 30.
+            "JOBWIRE_SCHEDULER__MAX_IDLE_SECONDS": "0.5",
         },
         prefix="scheduler",
     )
