@@ -94,7 +94,7 @@ def fuzz_profile() -> FuzzProfile:
     if name == "ci":
         return FuzzProfile(
             settings.get_profile("jobwire-fuzz-ci"),
-            huge_string=200_000,
+            huge_string=1_100_000,  # just past NATS' 1 MiB message limit
             timeout=240,
             seed=seed if seed is not None else date.today().toordinal(),
         )

@@ -619,9 +619,38 @@ def _each_job_as_the_next_due(live: LiveScheduler) -> None:
     if not _stays_up(live, 1.0):
         World.report("crash", "every job paused", None, "the scheduler exited")
         raise Finding("the scheduler process exited")
+    resumed = datetime.now(UTC)
     for name in paused:
         response = World.observer.post(job_path(name, "/resume"))
         assert response.status_code == 200, response.text
+    # Up is not enough: a firing loop that died inside a running process fires nothing.
+    if not _canary_fires(live, since=resumed, runs=2, timeout=20):
+        World.report(
+            "firing-stopped",
+            "after each job was the next due one",
+            None,
+            "the process is up but the canary fired fewer than 2 times in 20 s:\n"
+            f"{live.instance.log_tail(10) if live.instance else ''}",
+        )
+
+
+def _canary_fires(live: LiveScheduler, *, since: datetime, runs: int, timeout: float) -> bool:
+    headers = {"Authorization": f"Bearer {live.token}"}
+
+    async def fired() -> bool:
+        if not live.alive():
+            return False
+        async with httpx.AsyncClient(base_url=live.base_url, headers=headers) as client:
+            response = await client.get(
+                job_path(CANARY, "/runs"), params={"from": since.isoformat(), "limit": 10}
+            )
+        return len([r for r in response.json()["items"] if r["status"] == "succeeded"]) >= runs
+
+    try:
+        live.background.run(wait_for(fired, timeout=timeout), timeout=timeout + 10)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _aware(text: str) -> datetime:
@@ -644,22 +673,7 @@ def _restart_and_fire(live: LiveScheduler) -> None:
         World.report("crash-on-restart", "restart", None, str(exc))
         raise
     restarted = datetime.now(UTC)
-    headers = {"Authorization": f"Bearer {live.token}"}
-
-    async def fired_three_times() -> bool:
-        # The process must stay up all along, not just come back now and then.
-        if not live.alive():
-            return True
-        async with httpx.AsyncClient(base_url=live.base_url, headers=headers) as client:
-            response = await client.get(
-                job_path(CANARY, "/runs"), params={"from": restarted.isoformat(), "limit": 10}
-            )
-        done = [r for r in response.json()["items"] if r["status"] == "succeeded"]
-        return len(done) >= 3
-
-    try:
-        live.background.run(wait_for(fired_three_times, timeout=30), timeout=40)
-    except TimeoutError:
+    if not _canary_fires(live, since=restarted, runs=3, timeout=30):
         World.report(
             "restart",
             "restart",
