@@ -15,10 +15,14 @@ bytes no parser accepts, and under wrong content types. For every answer:
 
 Throughout, a canary job fires every second: every slot must have exactly one
 run whose StartWorkflow arrived on NATS within ``CANARY_LAG`` of its slot, and
-the process must never exit. At the end the scheduler is restarted on the same
+the process must never exit. The canary keeps the firing loop's next due job
+one second away, which hides a job it cannot handle as the next one; so at the
+end every job due within a day is paused and the later ones one by one, each
+becoming the next due job in turn, while the process must stay up and, all
+resumed, fire the canary again. Last the scheduler is restarted on the same
 database, with every definition the fuzzing left in it, and must come up and
-fire the canary again (a stored definition that crashes the firing loop on
-start is the worst finding of all).
+fire the canary (a stored definition that crashes the firing loop is the worst
+finding of all).
 
 Profiles: see conftest.py (``JOBWIRE_FUZZ_PROFILE=ci|fuzz``). With
 ``JOBWIRE_FUZZ_SURVEY=<file>`` every violation is written to that file (one
@@ -38,7 +42,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from conftest import LiveScheduler, fuzz_profile
+from fuzz_server import LiveScheduler, fuzz_profile
 from fuzz_strategies import (
     JSON,
     Encoded,
