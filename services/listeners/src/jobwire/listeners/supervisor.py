@@ -213,7 +213,8 @@ class Supervisor:
     def _start(self, definition: ListenerDefinition, slot: int, revision: int) -> bool:
         try:
             params = params_model(definition.job_type).model_validate(definition.params)
-            assert isinstance(params, ListenerParams)
+            if not isinstance(params, ListenerParams):  # not an assert: -O drops those
+                raise ValueError(f"job_type: {definition.job_type} is not a listener type")
             _check_replicas(definition, params)
             factory = self._factories(definition.job_type)
         except (ValidationError, KeyError, AssertionError, ValueError, ImportError) as exc:
