@@ -393,9 +393,10 @@ class ApiFuzz(RuleBasedStateMachine):
         """A valid edit with the right version that renames a job, often onto
         another job's name: a conflict (409) to report, never a failure."""
         name = data.draw(known(_known), label="name")
+        # Drawn whatever the state: what Hypothesis draws must not depend on it.
+        definition = data.draw(valid_definitions(_known), label="definition")
         if name not in World.versions:
             return
-        definition = data.draw(valid_definitions(_known), label="definition")
         headers = {"If-Match": f'"{World.versions[name]}"'}
         response = send(
             "PUT", job_path(name), Encoded(_json_bytes(definition), JSON), headers=headers
