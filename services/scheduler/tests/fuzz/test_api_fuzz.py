@@ -246,27 +246,36 @@ def job_path(name: str, tail: str = "") -> str:
     return f"/api/v1/jobs/{quote(name, safe='')}{tail}"
 
 
-def canary_runs(since: datetime) -> list[dict[str, Any]]:
-    runs: list[dict[str, Any]] = []
+def canary_runs(since: datetime, until: datetime) -> list[dict[str, Any]]:
+    """The canary's runs with slots in [since, until), read page by page. The range
+    is closed at the top so that runs made meanwhile do not shift the pages
+    (newest first) and show a run twice."""
+    runs: dict[str, dict[str, Any]] = {}
     offset = 0
     while True:
         response = World.observer.get(
             job_path(CANARY, "/runs"),
-            params={"from": since.isoformat(), "limit": 500, "offset": offset},
+            params={
+                "from": since.isoformat(),
+                "to": until.isoformat(),
+                "limit": 500,
+                "offset": offset,
+            },
         )
         assert response.status_code == 200, response.text
         page = response.json()
-        runs += page["items"]
+        runs.update((run["id"], run) for run in page["items"])
         offset += len(page["items"])
         if not page["items"] or offset >= page["total"]:
-            return runs
+            return list(runs.values())
 
 
 def check_canary(until: datetime) -> None:
     """Every whole second from the canary's start to ``until`` has exactly one
     scheduled run, whose StartWorkflow arrived within CANARY_LAG of its slot."""
     since = World.canary_since
-    runs = [r for r in canary_runs(since) if r["trigger"] != "manual"]
+    end = until + timedelta(seconds=1)
+    runs = [r for r in canary_runs(since, end) if r["trigger"] != "manual"]
     by_slot: dict[datetime, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         by_slot[datetime.fromisoformat(run["scheduled_for"])].append(run)
