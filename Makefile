@@ -23,6 +23,10 @@ test: install ## run the whole test suite (unit + integration on real servers); 
 	@bash .ci/system-packages test
 	$(RUN) pytest $(PYTEST_ARGS)
 
+.PHONY: fuzz
+fuzz: install ## the admin API fuzz test, long profile (~15 min; JOBWIRE_FUZZ_SEED=N repeats a run)
+	JOBWIRE_FUZZ_PROFILE=fuzz $(RUN) pytest services/scheduler/tests/fuzz --runxfail $(PYTEST_ARGS)
+
 .PHONY: lint
 lint: install ## ruff lint and format check
 	$(RUN) ruff check .

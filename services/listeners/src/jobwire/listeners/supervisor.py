@@ -37,6 +37,9 @@ from jobwire.runtime.waits import wait_any
 log = get_logger("jobwire.listeners")
 
 SERVICE = "listeners"
+# The scheduler's API accepts at most this many replicas (JobDefinition.replicas),
+# and more than one only for scalable types; the bucket itself holds any number.
+MAX_REPLICAS = 64
 
 
 @dataclass
@@ -80,6 +83,8 @@ class Supervisor:
         self.definitions: dict[str, ListenerDefinition] = {}
         # job id → (version, why): a definition version this instance cannot run.
         self._invalid: dict[str, tuple[int, str]] = {}
+        # KV key → (why, since when): entries that are no ListenerDefinition at all.
+        self._unreadable: dict[str, tuple[str, datetime]] = {}
         self._suspended_since: dict[str, datetime] = {}
         self._missing: set[str] = set()  # held jobs the last listing did not show
 
@@ -126,8 +131,10 @@ class Supervisor:
             )
             keys = await kv.keys()
         except (BucketNotFoundError, NoKeysError):
+            self._unreadable = {}
             return {}
         found: dict[str, ListenerDefinition] = {}
+        unreadable: dict[str, tuple[str, datetime]] = {}
         for key in keys:
             try:
                 entry = await kv.get(key)
@@ -138,9 +145,16 @@ class Supervisor:
             try:
                 definition = ListenerDefinition.model_validate_json(entry.value)
             except ValidationError as exc:  # one bad entry must not stop the others
-                log.error("listeners.definition_unreadable", key=key, error=describe(exc))
+                error = describe(exc)
+                previous = self._unreadable.get(key)
+                if previous is not None and previous[0] == error:
+                    unreadable[key] = previous
+                else:  # once per entry and reason, not on every poll: the status shows it
+                    unreadable[key] = (error, utcnow())
+                    log.error("listeners.definition_unreadable", key=key, error=error)
                 continue
             found[definition.job_id] = definition
+        self._unreadable = unreadable
         return found
 
     async def _renew(self) -> None:
@@ -194,11 +208,14 @@ class Supervisor:
                     count += 1
                 else:
                     await self.leases.release(lease_key(job, slot), revision)
+                    break  # what one slot cannot run, none can
 
     def _start(self, definition: ListenerDefinition, slot: int, revision: int) -> bool:
         try:
             params = params_model(definition.job_type).model_validate(definition.params)
-            assert isinstance(params, ListenerParams)
+            if not isinstance(params, ListenerParams):  # not an assert: -O drops those
+                raise ValueError(f"job_type: {definition.job_type} is not a listener type")
+            _check_replicas(definition, params)
             factory = self._factories(definition.job_type)
         except (ValidationError, KeyError, AssertionError, ValueError, ImportError) as exc:
             # The API validated it; a newer scheduler than this listener can write
@@ -282,7 +299,37 @@ class Supervisor:
                     last_error=error,
                 )
             )
+        # An entry that is no definition is reported under its key: whoever wrote
+        # it can find and fix it, and it is not mistaken for a listener on standby.
+        for key, (error, since) in self._unreadable.items():
+            found.append(
+                ListenerSlotStatus(
+                    job_id=key,
+                    job_name=key,
+                    job_version=0,
+                    slot=None,
+                    state="Failed",
+                    since=since,
+                    received=0,
+                    published=0,
+                    dead_lettered=0,
+                    errors=0,
+                    last_error=f"unreadable definition: {error}",
+                )
+            )
         return sorted(found, key=lambda s: (s.job_name, s.slot if s.slot is not None else -1))
 
     def _publish_status(self) -> None:
         self._status["listeners"] = [s.model_dump(mode="json") for s in self.statuses()]
+
+
+def _check_replicas(definition: ListenerDefinition, params: ListenerParams) -> None:
+    """Refuse replicas the API would have refused: a million slots of a listener
+    would otherwise mean a million runners on this instance."""
+    if definition.replicas > MAX_REPLICAS:
+        raise ValueError(f"replicas: {definition.replicas} is more than {MAX_REPLICAS}")
+    if definition.replicas > 1 and not params.scalable:
+        raise ValueError(
+            f"replicas: {definition.job_type} cannot share its work, {definition.replicas} "
+            "replicas would each handle every trigger"
+        )
