@@ -56,6 +56,7 @@ openapi-check: install ## fail when the committed OpenAPI document differs from 
 bench-api: install ## admin API benchmark (list p99, sustained trigger rate, fire lag under an API flood) → bench/results/api.json
 	$(RUN) python bench/api.py --out bench/results/api.json
 	$(RUN) python bench/api_flood.py --out bench/results/api.json
+	$(RUN) python bench/api_flood.py --split --out bench/results/api.json
 
 .PHONY: bench-listeners
 bench-listeners: install ## listener benchmarks (Kafka vs bare loop, 10k files, Service Bus peer, IMAP) → bench/results/listeners.json

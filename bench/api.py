@@ -101,7 +101,9 @@ class Env:
 
 
 @contextlib.asynccontextmanager
-async def service(env: Env, dsn: str, namespace: str) -> AsyncIterator[tuple[str, int]]:
+async def service(
+    env: Env, dsn: str, namespace: str, extra: dict[str, str] | None = None, name: str = "service"
+) -> AsyncIterator[tuple[str, int]]:
     """The scheduler service in its own process; yields (base URL, pid)."""
     port = free_port()
     child_env = {
@@ -114,8 +116,9 @@ async def service(env: Env, dsn: str, namespace: str) -> AsyncIterator[tuple[str
         "JOBWIRE_HOST": LIVE_HOST,
         "JOBWIRE_LOG_LEVEL": "WARNING",
         "JOBWIRE_LOG_FORMAT": "json",
+        **(extra or {}),
     }
-    log = (env.tmp / "service.log").open("wb")
+    log = (env.tmp / f"{name}.log").open("wb")
     command = ["-m", "jobwire.cli", "scheduler"]
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -238,3 +238,24 @@ async def test_an_unpublishable_message_fails_its_run_and_blocks_nothing(make_sc
     assert "MaxPayload" in big["error"]["message"]
     [small] = await runs_of(h, "small")
     assert small["status"] == "succeeded"
+
+
+async def test_an_api_only_replica_fires_nothing_and_a_firing_one_fires_all(
+    make_scheduler,  # type: ignore[no-untyped-def]
+) -> None:
+    """JOBWIRE_SCHEDULER__FIRING=false: the API apart from the firing loop."""
+    from jobwire.contracts.envelope import utcnow
+    from jobwire.testing.waiting import wait_for
+
+    api_only = await make_scheduler(start=True, firing=False, max_idle_seconds=0.2)
+    now = utcnow()
+    schedule = {"kind": "interval", "every": "PT1S", "anchor": now.isoformat()}
+    await api_only.store.create(parse_definition(every_second(schedule=schedule)), now=now)
+    await wait_for(lambda: utcnow() > now + timedelta(seconds=2.5), timeout=10)
+    assert await runs_of(api_only, "tick") == []
+    await make_scheduler(start=True, max_idle_seconds=0.2)
+
+    async def fired() -> bool:
+        return bool(await runs_of(api_only, "tick"))
+
+    await wait_for(fired, timeout=20)

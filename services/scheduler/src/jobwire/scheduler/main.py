@@ -99,8 +99,12 @@ class Scheduler:
                     parse_definition(sample_listener(self.options.sample_inbox)), utcnow()
                 )
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self.firer.run(self.stopping))
             tasks.create_task(self.relay.run(self.stopping))
+            if not self.options.firing:
+                # An API-only replica: requests wait on no claim of its own, and a
+                # flood of them cannot delay a fire (the firing replicas are apart).
+                return
+            tasks.create_task(self.firer.run(self.stopping))
             tasks.create_task(self.recorder.run(self.stopping))
             tasks.create_task(self.mirror.run(self.stopping))
             tasks.create_task(_retention(self.store, self.options.history_days, self.stopping))

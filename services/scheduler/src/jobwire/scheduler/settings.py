@@ -33,6 +33,11 @@ class SchedulerOptions(BaseModel):
         le=1000,
         description="admin API requests handled at once; more wait their turn, unread",
     )
+    firing: bool = Field(
+        True,
+        description="fire jobs here (the firing loop, run events, listener mirror, history "
+        "pruning); false: an API-only replica, which publishes only what its requests write",
+    )
     sample_job: bool = Field(
         False, description="create a sample start-workflow job (used by `jobwire dev`)"
     )
