@@ -1,21 +1,19 @@
 """Checks on input that pydantic's models do not make.
 
 PostgreSQL cannot store a NUL character in text or JSON, nor NaN or Infinity
-in JSON (which Python's parser accepts); an aware time may lie outside the
-range a UTC datetime can hold. All are refused here, with the field named,
-instead of failing later.
+in JSON (which Python's parser accepts). Both are refused here, with the field
+named, instead of failing later. (The range of a definition's times is the
+definition's own rule: ``domain/definitions.py``.)
 """
 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
 
 from jobwire.scheduler.api.problems import invalid
-from jobwire.scheduler.domain.definitions import JobDefinition
 
 _NUL = "\x00"
 
@@ -53,21 +51,3 @@ def parse_etag(value: str, field: str = "If-Match") -> int:
     if not text.isdigit() or len(text) > 9:
         raise invalid(field, 'must be the job\'s version as an entity tag, e.g. "3"')
     return int(text)
-
-
-def check_times(definition: JobDefinition, prefix: str = "") -> None:
-    """Every time in a definition must be representable in UTC (``9999-12-31T23:00-05:00``
-    is valid ISO 8601, but not a UTC datetime)."""
-    schedule = definition.schedule
-    times = {
-        "start_at": definition.start_at,
-        "expires_at": definition.expires_at,
-        "schedule.at": getattr(schedule, "at", None),
-        "schedule.anchor": getattr(schedule, "anchor", None),
-    }
-    for field, value in times.items():
-        if isinstance(value, datetime):
-            try:
-                value.astimezone(UTC)
-            except OverflowError:
-                raise invalid(prefix + field, "is out of the range of UTC times") from None

@@ -11,7 +11,7 @@ from jobwire.scheduler.adapters.store import Audit, JobFilter
 from jobwire.scheduler.api.auth import Admin, Viewer
 from jobwire.scheduler.api.context import ApiContext, api_of
 from jobwire.scheduler.api.explain import explain
-from jobwire.scheduler.api.inputs import check_json, check_times, clean_request, parse_etag
+from jobwire.scheduler.api.inputs import check_json, clean_request, parse_etag
 from jobwire.scheduler.api.listing import job_detail, job_page
 from jobwire.scheduler.api.payloads import check_definition
 from jobwire.scheduler.api.previews import preview_definition
@@ -79,7 +79,6 @@ async def create_job(
     body = definition.model_dump(mode="json", exclude_unset=True)
     now = api.clock()
     parsed = parse_definition(body, now=now)
-    check_times(parsed)
     check_definition(api, parsed, now)
     record = await api.store.create(parsed, now, Audit(principal.name, "job.create"))
     response.headers["Location"] = f"/api/v1/jobs/{quote(record.name, safe='')}"
@@ -123,7 +122,6 @@ async def update_job(
     current = await api.store.get(name)
     # A schedule with no fire left is refused only when the update changes the timing.
     parsed = parse_definition(body, now=now, previous=current.definition)
-    check_times(parsed)
     check_definition(api, parsed, now, current)
     record = await api.store.update(
         name, parsed, expected, now, Audit(principal.name, "job.update")

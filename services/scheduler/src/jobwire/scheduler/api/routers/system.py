@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 
 from jobwire.scheduler.api.auth import Viewer
 from jobwire.scheduler.api.context import ApiContext, api_of
-from jobwire.scheduler.api.inputs import check_json, check_times, clean_request
+from jobwire.scheduler.api.inputs import check_json, clean_request
 from jobwire.scheduler.api.previews import preview_definition, preview_schedule
 from jobwire.scheduler.api.problems import RESPONSES, ProblemError, definition_problems
 from jobwire.scheduler.api.schemas import GroupItem, Health, HostItem, Preview, PreviewRequest
@@ -63,5 +63,4 @@ async def preview(api: Api, _: Viewer, request: PreviewRequest) -> Preview:
             ("definition" if f == "definition" else f"definition.{f}", m) for f, m in exc.problems
         ]
         raise definition_problems(problems) from None
-    check_times(definition, "definition.")
     return preview_definition(definition, after, request.count)
