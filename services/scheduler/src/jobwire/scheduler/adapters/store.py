@@ -162,6 +162,20 @@ def _record(row: asyncpg.Record) -> JobRecord:
     )
 
 
+def _columns(definition: JobDefinition, now: datetime) -> tuple[object, ...]:
+    """A definition's columns of the jobs table, in the order create and update write them:
+    name, type, definition, enabled, group_name, priority, next_fire_at."""
+    return (
+        definition.name,
+        definition.type,
+        definition.model_dump(mode="json"),
+        definition.enabled,
+        definition.group,
+        definition.priority,
+        definition.first_fire(now),
+    )
+
+
 def _readable_record(row: asyncpg.Record) -> JobRecord:
     """A job as stored, also when its definition no longer parses (say, after an
     upgrade tightened a rule): an operator must still be able to read, replace
@@ -237,13 +251,7 @@ class PostgresJobStore:
                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                         RETURNING {_JOB_COLUMNS}""",
                     job_id,
-                    definition.name,
-                    definition.type,
-                    definition.model_dump(mode="json"),
-                    definition.enabled,
-                    definition.group,
-                    definition.priority,
-                    definition.first_fire(now),
+                    *_columns(definition, now),
                 )
             except asyncpg.UniqueViolationError:
                 raise JobExists(definition.name) from None
@@ -283,13 +291,7 @@ class PostgresJobStore:
                             updated_at = now()
                         WHERE name = $1 RETURNING {_JOB_COLUMNS}""",
                     name,
-                    definition.name,
-                    definition.type,
-                    definition.model_dump(mode="json"),
-                    definition.enabled,
-                    definition.group,
-                    definition.priority,
-                    definition.first_fire(now),
+                    *_columns(definition, now),
                 )
             except asyncpg.UniqueViolationError:  # renamed onto another job's name
                 raise JobExists(definition.name) from None
