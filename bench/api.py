@@ -42,7 +42,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,6 +98,35 @@ class Env:
     async def database(self) -> AsyncIterator[str]:
         async with scratch_database(self.admin_dsn, "jobwire_bench_api_") as dsn:
             yield dsn
+
+
+@contextlib.contextmanager
+def private_servers(database_url: str | None, nats_url: str | None, name: str) -> Iterator[Env]:
+    """A private PostgreSQL and nats-server in a temporary folder (unless URLs are
+    given), stopped and removed at the end, however the benchmark ends."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"jobwire-bench-{name}-"))
+    tmp.chmod(0o755)  # PostgreSQL runs as the postgres OS user when we are root
+    postgres = nats_server = None
+    try:
+        if not database_url:
+            postgres = PostgresServer(tmp / "pg")
+            postgres.start()
+        if not nats_url:
+            nats_server = NatsServer(tmp / "nats")
+            nats_server.start()
+        yield Env(
+            admin_dsn=database_url or postgres.dsn,  # type: ignore[union-attr]
+            nats_url=nats_url or nats_server.url,  # type: ignore[union-attr]
+            tmp=tmp,
+            postgres_pid=postgres.pid if postgres else None,
+            nats_pid=nats_server.pid if nats_server else None,
+        )
+    finally:
+        if nats_server is not None:
+            nats_server.stop()
+        if postgres is not None:
+            postgres.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
@@ -530,30 +559,8 @@ def main() -> None:
 
     started = time.time()
     load_before = os.getloadavg()[0]
-    tmp = Path(tempfile.mkdtemp(prefix="jobwire-bench-api-"))
-    tmp.chmod(0o755)  # PostgreSQL runs as the postgres OS user when we are root
-    postgres = nats_server = None
-    try:
-        if not args.database_url:
-            postgres = PostgresServer(tmp / "pg")
-            postgres.start()
-        if not args.nats_url:
-            nats_server = NatsServer(tmp / "nats")
-            nats_server.start()
-        env = Env(
-            admin_dsn=args.database_url or postgres.dsn,  # type: ignore[union-attr]
-            nats_url=args.nats_url or nats_server.url,  # type: ignore[union-attr]
-            tmp=tmp,
-            postgres_pid=postgres.pid if postgres else None,
-            nats_pid=nats_server.pid if nats_server else None,
-        )
+    with private_servers(args.database_url, args.nats_url, "api") as env:
         results = asyncio.run(run(env, args))
-    finally:
-        if nats_server is not None:
-            nats_server.stop()
-        if postgres is not None:
-            postgres.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     document = {
         "benchmark": "api",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -567,12 +574,12 @@ def main() -> None:
                 round(load_before, 2),
                 round(os.getloadavg()[0], 2),
             ],
-            "postgresql_server": "private (embedded, same machine)"
-            if postgres
-            else "JOBWIRE_BENCH_DATABASE_URL",
-            "nats": "private nats-server, same machine"
-            if nats_server
-            else "JOBWIRE_BENCH_NATS_URL",
+            "postgresql_server": "JOBWIRE_BENCH_DATABASE_URL"
+            if args.database_url
+            else "private (embedded, same machine)",
+            "nats": "JOBWIRE_BENCH_NATS_URL"
+            if args.nats_url
+            else "private nats-server, same machine",
             "clients": "this process: httpx over HTTP/1.1 keep-alive, one connection per client",
         },
         "wall_seconds": round(time.time() - started, 1),

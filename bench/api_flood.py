@@ -42,9 +42,7 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -56,12 +54,11 @@ from typing import Any
 import asyncpg
 import httpx
 from _measure import cpu_seconds, machine_info, percentile, rounded
-from api import Env, service
+from api import Env, private_servers, service
 
 from jobwire.contracts.subjects import Stream
 from jobwire.runtime.broker import Broker
 from jobwire.runtime.db import connect_pool
-from jobwire.runtime.embedded import NatsServer, PostgresServer
 from jobwire.runtime.settings import ServiceSettings
 from jobwire.scheduler.api.tokens import create_token, ensure_schema
 from jobwire.scheduler.domain.definitions import parse_definition
@@ -450,30 +447,8 @@ def main() -> None:
 
     started = time.time()
     load_before = os.getloadavg()[0]
-    tmp = Path(tempfile.mkdtemp(prefix="jobwire-bench-flood-"))
-    tmp.chmod(0o755)  # PostgreSQL runs as the postgres OS user when we are root
-    postgres = nats_server = None
-    try:
-        if not args.database_url:
-            postgres = PostgresServer(tmp / "pg")
-            postgres.start()
-        if not args.nats_url:
-            nats_server = NatsServer(tmp / "nats")
-            nats_server.start()
-        env = Env(
-            admin_dsn=args.database_url or postgres.dsn,  # type: ignore[union-attr]
-            nats_url=args.nats_url or nats_server.url,  # type: ignore[union-attr]
-            tmp=tmp,
-            postgres_pid=postgres.pid if postgres else None,
-            nats_pid=nats_server.pid if nats_server else None,
-        )
+    with private_servers(args.database_url, args.nats_url, "flood") as env:
         results = asyncio.run(run(env, args))
-    finally:
-        if nats_server is not None:
-            nats_server.stop()
-        if postgres is not None:
-            postgres.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     # The flood's figures go under their own key of api.json, next to bench/api.py's.
     document: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     document["api_flood_split" if args.split else "api_flood"] = {
@@ -487,12 +462,12 @@ def main() -> None:
                 round(load_before, 2),
                 round(os.getloadavg()[0], 2),
             ],
-            "postgresql_server": "private (embedded, same machine)"
-            if postgres
-            else "JOBWIRE_BENCH_DATABASE_URL",
-            "nats": "private nats-server, same machine"
-            if nats_server
-            else "JOBWIRE_BENCH_NATS_URL",
+            "postgresql_server": "JOBWIRE_BENCH_DATABASE_URL"
+            if args.database_url
+            else "private (embedded, same machine)",
+            "nats": "JOBWIRE_BENCH_NATS_URL"
+            if args.nats_url
+            else "private nats-server, same machine",
             "clients": "this process: httpx over "
             "HTTP/1.1 keep-alive, one connection per client; raw sockets for the 50 MB bodies",
         },
