@@ -14,7 +14,11 @@ import pytest
 from jobwire.contracts import (
     Contract,
     DeadLetter,
+    EmailDeferred,
+    EmailFailed,
     EmailObject,
+    EmailQueued,
+    EmailSent,
     FileObject,
     JobDue,
     RunCancelRequested,
@@ -22,11 +26,13 @@ from jobwire.contracts import (
     RunProgress,
     RunSkipped,
     RunStarted,
+    SendEmail,
     SkipReason,
     StartWorkflow,
     StorageKind,
     Versioned,
     decode,
+    email_id,
 )
 from jobwire.contracts.asyncapi import CHANNELS, OBJECT_MODELS
 
@@ -176,3 +182,34 @@ def test_unknown_fields_from_a_newer_producer_are_ignored(model: type[Contract])
     decoded = decode(json.dumps(event), model)
 
     assert json.loads(decoded.model_dump_json()) == json.loads(fixture(f"{model.__name__}.json"))
+
+
+def test_send_email() -> None:
+    command = decode(fixture("SendEmail.json"), SendEmail).data
+
+    assert command.idempotency_key == "case-4711:reply:3"
+    assert command.from_ is not None
+    assert command.from_.name == "Kundenservice Müller"
+    assert [a.address for a in command.to] == ["jörg@beispiel.de"]
+    assert [a.address for a in command.bcc] == ["archive@cases.example.com"]
+    assert command.attachments[0].file.storage is StorageKind.S3
+    assert command.attachments[0].filename == "Rechnung 4711.pdf"
+    assert command.attachments[1].content_id == "logo"
+    assert command.headers == {"X-Case": "4711"}
+    assert command.send_at == datetime(2025, 3, 1, 11, 0, tzinfo=UTC)
+    assert command.in_reply_to == "<CAF=abc123@mail.beispiel.de>"
+
+
+def test_email_events() -> None:
+    queued = decode(fixture("EmailQueued.json"), EmailQueued).data
+    deferred = decode(fixture("EmailDeferred.json"), EmailDeferred).data
+    sent = decode(fixture("EmailSent.json"), EmailSent).data
+    failed = decode(fixture("EmailFailed.json"), EmailFailed).data
+
+    assert {e.email_id for e in (queued, deferred, sent, failed)} == {email_id("case-4711:reply:3")}
+    assert queued.send_at == datetime(2025, 3, 1, 11, 0, tzinfo=UTC)
+    assert (deferred.code, deferred.recipients[0].code) == (451, 451)
+    assert deferred.next_attempt_at == datetime(2025, 3, 1, 11, 1, 5, tzinfo=UTC)
+    assert sent.accepted == ["jörg@beispiel.de", "team@cases.example.com"]
+    assert sent.refused[0].code == 550
+    assert (failed.code, failed.attempt) == (552, 1)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from jobwire.contracts import RunEvent, Subjects
+from jobwire.contracts import MailEvent, RunEvent, Subjects
 from jobwire.contracts.asyncapi import CHANNELS, document
 from jobwire.contracts.export import check, default_dir, main, render, write
 
@@ -99,17 +99,28 @@ def test_asyncapi_has_one_channel_per_subject_pattern() -> None:
         "jobwire.workflows.start.{workflow}",
         *(f"jobwire.runs.{{runId}}.{event}" for event in RunEvent),
         "jobwire.dlq.{source}",
+        "jobwire.mail.send.{account}",
+        *(f"jobwire.mail.events.{{emailId}}.{event}" for event in MailEvent),
     }
 
 
 def test_asyncapi_addresses_agree_with_subjects() -> None:
     subjects = Subjects()
-    example = {"jobType": "start-workflow", "workflow": "w1", "runId": "r1", "source": "mailer"}
+    example = {
+        "jobType": "start-workflow",
+        "workflow": "w1",
+        "runId": "r1",
+        "source": "mailer",
+        "account": "default",
+        "emailId": "e1",
+    }
     built = {
         subjects.job_due("start-workflow"),
         subjects.workflow_start("w1"),
         *(subjects.run_event("r1", event) for event in RunEvent),
         subjects.dlq("mailer"),
+        subjects.mail_send("default"),
+        *(subjects.mail_event("e1", event) for event in MailEvent),
     }
 
     filled = {channel.address.format(**example) for channel in CHANNELS}

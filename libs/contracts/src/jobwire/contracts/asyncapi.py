@@ -20,6 +20,7 @@ from jobwire.contracts.hosts import HostInfo
 from jobwire.contracts.job_types import job_types
 from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.listeners import ListenerDefinition, ListenerSlotStatus
+from jobwire.contracts.mail import MAIL_EVENT_MODELS, MailEvent, SendEmail
 from jobwire.contracts.objects import EmailObject, FileObject
 from jobwire.contracts.runs import RUN_EVENT_MODELS
 from jobwire.contracts.subjects import DEFAULT_NAMESPACE, RunEvent
@@ -110,6 +111,23 @@ CHANNELS: tuple[Channel, ...] = (
         model=RUN_EVENT_MODELS[RunEvent.CANCEL_REQUESTED],
         sent_by="The admin API publishes it when an operator cancels a run.",
         received_by="The worker running the attempt stops it.",
+    ),
+    Channel(
+        address=f"{_NS}.mail.send.{{account}}",
+        parameters={"account": "The mailer account to send with, e.g. `default`."},
+        model=SendEmail,
+        received_by="The mailer takes each into its queue (once per idempotency key) "
+        "and sends it when an `email-send` job runs.",
+    ),
+    *(
+        Channel(
+            address=f"{_NS}.mail.events.{{emailId}}.{event}",
+            parameters={"emailId": "Id of the email: uuid5 of its idempotency key."},
+            model=MAIL_EVENT_MODELS[event],
+            sent_by="The mailer publishes it once per email"
+            + (" and attempt." if event == MailEvent.DEFERRED else "."),
+        )
+        for event in MailEvent
     ),
     Channel(
         address=f"{_NS}.dlq.{{source}}",

@@ -28,6 +28,7 @@ class Stream(StrEnum):
     WORKFLOWS = "WORKFLOWS"  # StartWorkflow commands, one subject per workflow
     RUNS = "RUNS"  # run lifecycle events, one subject per run and event
     DLQ = "DLQ"  # dead-letter records, one subject per source
+    MAIL = "MAIL"  # SendEmail commands per account, and each email's events
 
 
 class RunEvent(StrEnum):
@@ -84,6 +85,12 @@ class Subjects:
     def dlq(self, source: str) -> str:
         return f"{self.namespace}.dlq.{token(source, 'dead-letter source')}"
 
+    def mail_send(self, account: str) -> str:
+        return f"{self.namespace}.mail.send.{token(account, 'mail account')}"
+
+    def mail_event(self, email_id: str, event: str) -> str:
+        return f"{self.namespace}.mail.events.{token(email_id, 'email id')}.{event}"
+
     # Wildcards, for consumers and stream definitions.
     def all_job_due(self) -> str:
         return f"{self.namespace}.jobs.due.*"
@@ -97,6 +104,12 @@ class Subjects:
     def all_dlq(self) -> str:
         return f"{self.namespace}.dlq.*"
 
+    def all_mail_send(self) -> str:
+        return f"{self.namespace}.mail.send.*"
+
+    def all_mail_events(self) -> str:
+        return f"{self.namespace}.mail.events.*.*"
+
     def stream_name(self, stream: Stream) -> str:
         return f"{self.namespace.upper().replace('-', '_')}_{stream.value}"
 
@@ -106,4 +119,5 @@ class Subjects:
             Stream.WORKFLOWS: [f"{self.namespace}.workflows.>"],
             Stream.RUNS: [f"{self.namespace}.runs.>"],
             Stream.DLQ: [f"{self.namespace}.dlq.>"],
+            Stream.MAIL: [f"{self.namespace}.mail.>"],
         }[stream]

@@ -49,6 +49,7 @@ DEFAULT_MAX_AGE = {
     Stream.WORKFLOWS: timedelta(days=7),
     Stream.RUNS: timedelta(days=7),
     Stream.DLQ: timedelta(days=30),
+    Stream.MAIL: timedelta(days=7),
 }
 
 
