@@ -8,7 +8,8 @@ import pytest
 
 from jobwire.runtime.broker import Broker
 from jobwire.runtime.settings import ServiceSettings
-from jobwire.runtime.worker import RunContext, Worker, durable_name, retry_delay
+from jobwire.runtime.waits import retry_delay
+from jobwire.runtime.worker import RunContext, Worker, durable_name
 
 
 async def noop(run: RunContext) -> dict[str, Any] | None:

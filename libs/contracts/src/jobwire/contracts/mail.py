@@ -134,7 +134,9 @@ class RecipientResult(Versioned):
     reason: str = Field(default="", description="The server's reply text, or what went wrong.")
 
 
-class _EmailEvent(Contract):
+class EmailEvent(Contract):
+    """What every email event says about its email."""
+
     email_id: str = Field(description="The email: `email_id(idempotency_key)`.")
     idempotency_key: str = Field(description="As in the SendEmail.")
     account: str = Field(description="The account sending it.")
@@ -144,7 +146,7 @@ class _EmailEvent(Contract):
     at: AwareDatetime = Field(description="When this happened.")
 
 
-class EmailQueued(_EmailEvent):
+class EmailQueued(EmailEvent):
     """The mailer took the email into its queue; it goes out at ``send_at`` or soon."""
 
     event_type = "io.jobwire.mail.queued"
@@ -153,7 +155,7 @@ class EmailQueued(_EmailEvent):
     send_at: AwareDatetime | None = Field(default=None, description="As in the SendEmail.")
 
 
-class EmailDeferred(_EmailEvent):
+class EmailDeferred(EmailEvent):
     """A temporary failure (4xx reply, connection trouble): the email will be tried again."""
 
     event_type = "io.jobwire.mail.deferred"
@@ -168,7 +170,7 @@ class EmailDeferred(_EmailEvent):
     )
 
 
-class EmailSent(_EmailEvent):
+class EmailSent(EmailEvent):
     """The server accepted the email for at least one recipient."""
 
     event_type = "io.jobwire.mail.sent"
@@ -184,7 +186,7 @@ class EmailSent(_EmailEvent):
     )
 
 
-class EmailFailed(_EmailEvent):
+class EmailFailed(EmailEvent):
     """The email will not be sent: refused for good, invalid, or deferred for too long."""
 
     event_type = "io.jobwire.mail.failed"
@@ -198,7 +200,7 @@ class EmailFailed(_EmailEvent):
     )
 
 
-MAIL_EVENT_MODELS: dict[MailEvent, type[_EmailEvent]] = {
+MAIL_EVENT_MODELS: dict[MailEvent, type[EmailEvent]] = {
     MailEvent.QUEUED: EmailQueued,
     MailEvent.DEFERRED: EmailDeferred,
     MailEvent.SENT: EmailSent,

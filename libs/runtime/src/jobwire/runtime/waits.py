@@ -5,6 +5,14 @@ from __future__ import annotations
 import asyncio
 
 
+def retry_delay(base_seconds: float, attempt: int, cap_seconds: float) -> float:
+    """Wait before the attempt after ``attempt``: base, 2·base, 4·base … at most ``cap``.
+
+    The one backoff of jobwire's retries (runs, email); pure, so domain code uses it too.
+    """
+    return float(min(base_seconds * 2.0 ** max(attempt - 1, 0), cap_seconds))
+
+
 class Stopped(Exception):
     """The service was asked to stop while waiting for a server."""
 

@@ -69,6 +69,7 @@ from jobwire.contracts.runs import RunError, RunFinished, RunProgress, RunStarte
 from jobwire.contracts.subjects import RunEvent, Stream, token
 from jobwire.runtime.broker import AckPolicy, Broker, Delivery
 from jobwire.runtime.logs import get_logger
+from jobwire.runtime.waits import retry_delay
 
 log = get_logger("jobwire.worker")
 
@@ -82,11 +83,6 @@ ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 def durable_name(job_type: str) -> str:
     """The consumer all workers of ``job_type`` share."""
     return f"worker-{token(job_type, 'job type')}"
-
-
-def retry_delay(base_seconds: float, attempt: int, cap_seconds: float) -> float:
-    """Wait before the attempt after ``attempt``: base, 2·base, 4·base … at most ``cap``."""
-    return float(min(base_seconds * 2.0 ** max(attempt - 1, 0), cap_seconds))
 
 
 class RunContext:

@@ -266,6 +266,13 @@ class Health(BaseModel):
 HostItem = HostInfo
 
 
+class Identity(BaseModel):
+    """Who a token belongs to; other services' APIs ask this to accept the same tokens."""
+
+    name: str
+    role: Literal["viewer", "operator", "admin"]
+
+
 # -- tokens and audit -----------------------------------------------------------------
 
 

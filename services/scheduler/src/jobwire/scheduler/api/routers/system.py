@@ -11,7 +11,14 @@ from jobwire.scheduler.api.context import ApiContext, api_of
 from jobwire.scheduler.api.inputs import check_json, clean_request
 from jobwire.scheduler.api.previews import preview_definition, preview_schedule
 from jobwire.scheduler.api.problems import RESPONSES, ProblemError, definition_problems
-from jobwire.scheduler.api.schemas import GroupItem, Health, HostItem, Preview, PreviewRequest
+from jobwire.scheduler.api.schemas import (
+    GroupItem,
+    Health,
+    HostItem,
+    Identity,
+    Preview,
+    PreviewRequest,
+)
 from jobwire.scheduler.domain.definitions import DefinitionError, parse_definition
 
 router = APIRouter(prefix="/api/v1", responses=RESPONSES, dependencies=[Depends(clean_request)])
@@ -27,6 +34,11 @@ async def health(api: Api) -> Health:
     return Health(
         status="ok" if ready else "starting", ready=ready, version=api.version, checks=api.checks()
     )
+
+
+@router.get("/whoami", tags=["system"], summary="The name and role of the token sent")
+async def whoami(principal: Viewer) -> Identity:
+    return Identity(name=principal.name, role=principal.role.value)
 
 
 @router.get("/hosts", tags=["system"], summary="Live service instances and their heartbeats")
