@@ -168,7 +168,7 @@ async def test_an_outbox_row_the_broker_keeps_refusing_is_given_up_and_its_run_f
     [run] = await h.store.runs("stray")
     # A subject no stream captures: JetStream has no responder for it, every time.
     await h.store.pool.execute("UPDATE scheduler.outbox SET subject = 'nowhere.at.all'")
-    from jobwire.scheduler.relay import MAX_ROW_ATTEMPTS
+    from jobwire.runtime.outbox import MAX_ROW_ATTEMPTS
 
     for _ in range(MAX_ROW_ATTEMPTS + 1):
         await h.scheduler.relay.relay_once()

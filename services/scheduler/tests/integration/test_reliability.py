@@ -511,7 +511,7 @@ async def test_a_replica_dying_at_each_step_between_claim_and_relay_loses_and_do
 
     # 3. a's relay publishes both rows, then dies before deleting them.
     with monkeypatch.context() as patch:
-        patch.setattr(a.store, "settle_outbox", die)
+        patch.setattr(a.store.outbox, "delete", die)
         with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
             await a.scheduler.relay.relay_once()
     assert await stored() == (1, 1)

@@ -22,7 +22,7 @@ from jobwire.scheduler.dispatch import Dispatcher
 from jobwire.scheduler.domain.definitions import parse_definition
 from jobwire.scheduler.firing import Firer
 from jobwire.scheduler.listener_mirror import ListenerMirror
-from jobwire.scheduler.relay import OutboxRelay
+from jobwire.scheduler.relay import scheduler_relay
 from jobwire.scheduler.run_events import RunRecorder
 from jobwire.scheduler.settings import SchedulerSettings
 
@@ -65,7 +65,7 @@ class Scheduler:
         self.stopping = ctx.stopping
         self.store = PostgresJobStore(ctx.pool)
         self.dispatcher = Dispatcher(ctx.broker)
-        self.relay = OutboxRelay(
+        self.relay = scheduler_relay(
             self.store,
             ctx.broker,
             batch=options.relay_batch,

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from jobwire.contracts.envelope import utcnow
 from jobwire.runtime.logs import get_logger
+from jobwire.runtime.outbox import OutboxMessage, PostgresOutbox
 from jobwire.scheduler.domain.definitions import JobDefinition, describe_error
 from jobwire.scheduler.domain.status import JobFacts
 
@@ -106,10 +107,9 @@ class NewRun:
 
 
 @dataclass(frozen=True, slots=True)
-class OutboxRow:
-    subject: str
-    payload: bytes
-    headers: dict[str, str]
+class OutboxRow(OutboxMessage):
+    """A scheduler outbox message; ``completes`` is a run done once it is published."""
+
     completes: uuid.UUID | None = None
 
 
@@ -235,6 +235,7 @@ class PostgresJobStore:
     def __init__(self, pool: asyncpg.Pool, schema: str = "scheduler") -> None:
         self.pool = pool
         self.schema = schema
+        self.outbox = PostgresOutbox(schema, extra_columns=("completes",))
 
     # -- definitions -----------------------------------------------------------
 
@@ -612,16 +613,7 @@ class PostgresJobStore:
         return {r["id"] for r in rows}
 
     async def insert_outbox(self, conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
-        if not rows:
-            return
-        await conn.execute(
-            f"""INSERT INTO {self.schema}.outbox (subject, payload, headers, completes)
-                SELECT * FROM unnest($1::text[], $2::bytea[], $3::jsonb[], $4::uuid[])""",
-            [r.subject for r in rows],
-            [r.payload for r in rows],
-            [r.headers for r in rows],
-            [r.completes for r in rows],
-        )
+        await self.outbox.insert(conn, rows, completes=[r.completes for r in rows])
 
     async def set_next_fire(
         self,
@@ -640,43 +632,19 @@ class PostgresJobStore:
             [u[1] for u in updates],
         )
 
-    # -- outbox relay ------------------------------------------------------------
+    # -- what the outbox relay settled ------------------------------------------------
 
-    async def lock_outbox(self, conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = await conn.fetch(
-            f"""SELECT id, subject, payload, headers, completes, attempts FROM {self.schema}.outbox
-                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
-            limit,
-        )
-        return rows
-
-    async def count_outbox_attempts(self, conn: asyncpg.Connection, ids: Sequence[int]) -> None:
-        if ids:
-            await conn.execute(
-                f"UPDATE {self.schema}.outbox SET attempts = attempts + 1 "
-                "WHERE id = ANY($1::bigint[])",
-                list(ids),
-            )
-
-    async def settle_outbox(
-        self,
-        conn: asyncpg.Connection,
-        published: Sequence[int],
-        completed_runs: Sequence[uuid.UUID],
-        now: datetime,
+    async def complete_published_runs(
+        self, conn: asyncpg.Connection, run_ids: Sequence[uuid.UUID], now: datetime
     ) -> None:
+        """A start-workflow run is done once its StartWorkflow is in the stream."""
         await conn.execute(
-            f"DELETE FROM {self.schema}.outbox WHERE id = ANY($1::bigint[])", list(published)
+            f"""UPDATE {self.schema}.runs
+                SET status = 'succeeded', started_at = fired_at, finished_at = $2, attempt = 1
+                WHERE id = ANY($1::uuid[]) AND status = 'dispatched'""",
+            list(run_ids),
+            now,
         )
-        if completed_runs:
-            # A start-workflow run is done once its StartWorkflow is in the stream.
-            await conn.execute(
-                f"""UPDATE {self.schema}.runs
-                    SET status = 'succeeded', started_at = fired_at, finished_at = $2, attempt = 1
-                    WHERE id = ANY($1::uuid[]) AND status = 'dispatched'""",
-                list(completed_runs),
-                now,
-            )
 
     async def fail_runs(
         self, conn: asyncpg.Connection, failures: Sequence[tuple[uuid.UUID, str]], now: datetime
