@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 
 from jobwire.cli import devfile
 from jobwire.cli.config import load_config
-from jobwire.cli.dev import stop_leftovers
-from jobwire.runtime.embedded import pid_alive, process_start_time
+from jobwire.cli.dev import _embedded_smtp, stop_leftovers
+from jobwire.runtime.embedded import is_listening, pid_alive, process_start_time
+from jobwire.runtime.mail_sink import DEV_SMTP_VARIABLE, dev_smtp_address
+from jobwire.testing import wait_for
 
 
 def _dead_pid() -> int:
@@ -114,3 +118,42 @@ def test_a_recorded_pid_that_is_another_process_now_is_left_alone(
     left.save()
     assert stop_leftovers(devfile.read(left.path)) == []
     assert sleeper.poll() is None
+
+
+async def test_the_mail_sink_keeps_a_sent_message_and_dev_json_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(DEV_SMTP_VARIABLE, raising=False)
+    record = _record(tmp_path, os.getpid())
+    raw = b"From: cases@example.com\r\nTo: alice@example.com\r\nSubject: Case 42\r\n\r\nhi\r\n"
+    with _embedded_smtp(tmp_path, record) as shown:
+        address = dev_smtp_address()
+        assert address is not None
+        host, port = address
+        assert shown.startswith(f"{host}:{port} → ")
+        saved = devfile.read(record.path)
+        assert saved.string("smtp") == f"{host}:{port}"
+        assert saved.string("mail_dir") == str(tmp_path / "mail")
+        await aiosmtplib.send(
+            raw, sender="cases@example.com", recipients=["alice@example.com"],
+            hostname=host, port=port, start_tls=False, timeout=5,
+        )  # fmt: skip
+        [eml] = await wait_for(lambda: list((tmp_path / "mail").glob("*.eml")), timeout=5)
+    # Gone with the sink: nothing listens, and no service is told otherwise.
+    assert DEV_SMTP_VARIABLE not in os.environ
+    assert not is_listening(host, port)
+    assert eml.read_bytes() == raw
+    assert re.fullmatch(r"\d{8}-\d{6}-1\.eml", eml.name)
+    assert f'mail  → alice@example.com  "Case 42"  {eml}' in capsys.readouterr().out
+
+
+def test_a_sink_named_in_the_environment_is_used_instead_of_one_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DEV_SMTP_VARIABLE, "mail.example.com:2526")
+    record = _record(tmp_path, os.getpid())
+    with _embedded_smtp(tmp_path, record) as shown:
+        assert shown == f"mail.example.com:2526 (from {DEV_SMTP_VARIABLE})"
+        assert dev_smtp_address() == ("mail.example.com", 2526)
+    assert devfile.read(record.path).string("smtp") == "mail.example.com:2526"
+    assert not (tmp_path / "mail").exists()

@@ -1,8 +1,9 @@
 """``jobwire dev``: the whole system on one machine, for trying and developing.
 
-Starts what is missing — an embedded NATS with JetStream and, unless
-``JOBWIRE_DATABASE_URL`` points at one, a PostgreSQL — then every installed
-service in one supervised process, the scheduler first (on 8080 when free, so
+Starts what is missing — an embedded NATS with JetStream, a PostgreSQL
+(unless ``JOBWIRE_DATABASE_URL`` points at one) and a development SMTP sink
+(unless ``JOBWIRE_DEV_SMTP`` names one) — then every installed service in one
+supervised process, the scheduler first (on 8080 when free, so
 the page's URL stays put). It records its URLs, a development admin token and
 the PIDs of what it started in ``.jobwire/dev.json`` (see
 :mod:`jobwire.cli.devfile`), so the CLI run inside the project needs nothing
@@ -13,6 +14,13 @@ background job starts with SIGINT ignored), stops the services gracefully,
 then the servers; data stays for the next run. The servers and the example
 die with this process even when it is killed (parent-death signal); what a
 killed run left behind anyway, the next run stops by its recorded PIDs.
+
+The SMTP sink (:class:`jobwire.runtime.mail_sink.DevMailSink`, in a thread of
+this process, on 2525 when free) accepts every message and sends none: each
+becomes ``<data dir>/mail/<time>-<n>.eml`` and one ``mail  → …`` line on the
+console. Its ``host:port`` is put in ``JOBWIRE_DEV_SMTP`` before the services'
+settings are loaded, so a service's ``dev_overrides`` (the mailer's) reads it
+with :func:`jobwire.runtime.mail_sink.dev_smtp_address`; the example gets it too.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from jobwire.runtime.embedded import (
     terminate,
 )
 from jobwire.runtime.logs import setup_logging
+from jobwire.runtime.mail_sink import DEV_SMTP_VARIABLE, DevMailSink, StoredMessage
 from jobwire.runtime.service import (
     VERSION,
     ServiceSpec,
@@ -122,6 +131,45 @@ def _embedded_postgres(data: Path, record: devfile.DevFile) -> Iterator[tuple[st
         yield server.dsn.rsplit("/", 1)[0] + f"/{DATABASE}", folder
     finally:
         server.stop()
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when inside it (shorter on a console)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def mail_line(directory: Path, stored: StoredMessage) -> str:
+    """The console line of one message the sink took."""
+    subject = (stored.subject or "(no subject)").replace('"', "'")
+    return f'mail  → {", ".join(stored.rcpt_tos)}  "{subject}"  {_shown(directory / stored.file)}'
+
+
+@contextlib.contextmanager
+def _embedded_smtp(data: Path, record: devfile.DevFile) -> Iterator[str]:
+    """The development mail sink, announced in ``JOBWIRE_DEV_SMTP``; yields the banner text.
+
+    A ``JOBWIRE_DEV_SMTP`` already set names a sink of the user's: none is started.
+    """
+    configured = os.environ.get(DEV_SMTP_VARIABLE)
+    if configured:
+        record.values["smtp"] = configured
+        record.save()
+        yield f"{configured} (from {DEV_SMTP_VARIABLE})"
+        return
+    folder = data / "mail"
+    sink = DevMailSink(folder, on_stored=lambda stored: typer.echo(mail_line(folder, stored)))
+    sink.start()
+    os.environ[DEV_SMTP_VARIABLE] = sink.address
+    record.values.update({"smtp": sink.address, "mail_dir": str(sink.directory)})
+    record.save()
+    try:
+        yield f"{sink.address} → {_shown(sink.directory)}/ (development sink: keeps, never sends)"
+    finally:
+        os.environ.pop(DEV_SMTP_VARIABLE, None)
+        sink.stop()
 
 
 @contextlib.contextmanager
@@ -266,6 +314,8 @@ def _run(
             database_url, pg_dir = stack.enter_context(_embedded_postgres(data, record))
             db_shown = f"{database_url} (embedded, data in {pg_dir})"
             record.values["postgres_data"] = str(pg_dir)
+        # Before the services' settings: the mailer's dev_overrides read its address.
+        smtp_shown = stack.enter_context(_embedded_smtp(data, record))
 
         try:
             configured = []
@@ -304,6 +354,7 @@ def _run(
         typer.echo(f"jobwire {VERSION} — local system (data in {data})")
         typer.echo(f"  NATS        {nats_shown}")
         typer.echo(f"  PostgreSQL  {db_shown}")
+        typer.echo(f"  SMTP        {smtp_shown}")
         for spec, settings in configured:
             role = " — the page and the admin API" if spec.name == FIRST else ""
             typer.echo(

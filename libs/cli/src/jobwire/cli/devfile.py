@@ -2,7 +2,8 @@
 
 ``jobwire dev`` writes it (mode 0600: it holds a development admin token) once
 its servers and services are up: the admin API's URL, NATS, the namespace,
-the database, the token, and the PID of every process it started. The CLI run
+the database, the development SMTP sink (``smtp``: host:port, ``mail_dir``),
+the token, and the PID of every process it started. The CLI run
 inside the project reads it, so the commands ``make run`` prints work as
 printed; variables and options still win over it. The next ``jobwire dev``
 reads it to stop what a killed run left behind, by the recorded PIDs (each

@@ -1,9 +1,20 @@
-"""jobwire's real-server test harness; the pytest fixtures live in ``jobwire.testing.plugin``."""
+"""jobwire's real-server test harness; the pytest fixtures live in ``jobwire.testing.plugin``.
 
-from jobwire.testing.jetstream import purge_namespace
-from jobwire.testing.kafka import TansuBroker, create_topic, delete_topics, wait_kafka_ready
-from jobwire.testing.signals import with_signals
-from jobwire.testing.waiting import wait_for
+The names below are imported on first use, not with the package: a server the
+harness runs as ``python -m jobwire.testing.<module>`` (the SMTP server) must
+not wait a second for NATS and Kafka clients it never uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jobwire.testing.jetstream import purge_namespace
+    from jobwire.testing.kafka import TansuBroker, create_topic, delete_topics, wait_kafka_ready
+    from jobwire.testing.signals import with_signals
+    from jobwire.testing.waiting import wait_for
 
 __all__ = [
     "TansuBroker",
@@ -14,3 +25,19 @@ __all__ = [
     "wait_kafka_ready",
     "with_signals",
 ]
+
+_MODULES = {
+    "TansuBroker": "kafka",
+    "create_topic": "kafka",
+    "delete_topics": "kafka",
+    "purge_namespace": "jetstream",
+    "wait_for": "waiting",
+    "wait_kafka_ready": "kafka",
+    "with_signals": "signals",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
