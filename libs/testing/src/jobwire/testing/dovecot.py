@@ -575,6 +575,27 @@ class ImapTestClient:
     async def count(self, folder: str = "INBOX") -> int:
         return len(await self.flags(folder))
 
+    async def messages(self, folder: str = "INBOX") -> dict[int, bytes]:
+        """UID → raw message (as stored, headers and body) of every message in
+        ``folder``; read-only, so flags (``\\Seen``) stay as they were."""
+
+        def fetch() -> dict[int, bytes]:
+            imap = self._session()
+            _check(*imap.select(_quote(folder), readonly=True), "EXAMINE")
+            typ, data = imap.uid("FETCH", "1:*", "(UID BODY.PEEK[])")
+            _check(typ, data, "FETCH")
+            found: dict[int, bytes] = {}
+            for item in data:
+                # imaplib gives (b'1 (UID 7 BODY[] {123}', b'<literal>') per message.
+                if isinstance(item, tuple):
+                    match = re.search(rb"UID (\d+)", item[0])
+                    if match:
+                        found[int(match.group(1))] = item[1]
+            imap.close()
+            return found
+
+        return await self._run(fetch)
+
     # ------------------------------------------------------------ internals
 
     def _connect(self) -> None:
