@@ -14,6 +14,7 @@ import pytest
 from jobwire.runtime.embedded import is_listening, pid_alive
 from jobwire.testing import wait_for
 from jobwire.testing.dovecot import ImapAccount, ImapTestClient
+from jobwire.testing.imap_fixtures import DovecotFactory
 from jobwire.testing.postfix import PostfixServer, session_processes
 from jobwire.testing.postfix_fixtures import PostfixFactory
 
@@ -197,3 +198,35 @@ def test_addresses_outside_its_domains_cannot_be_mailboxes(postfix: PostfixServe
         postfix.add_mailbox("someone@example.com")
     with pytest.raises(ValueError, match="one of"):
         postfix.add_mailbox("two words@client.test")
+
+
+async def test_auth_takes_a_mailbox_login_over_tls_only(
+    postfix_factory: PostfixFactory, dovecot_factory: DovecotFactory
+) -> None:
+    # A Dovecot of its own: after the wrong password below it would delay every
+    # later login from 127.0.0.1 on the session's server.
+    server = postfix_factory(dovecot_factory())
+    support = server.add_mailbox(domain="cases.test")
+    customer = server.add_mailbox(domain="client.test")
+    async with aiosmtplib.SMTP(
+        hostname=server.host, port=server.smtp_port, start_tls=False
+    ) as smtp:
+        await smtp.ehlo()
+        assert not smtp.supports_extension("auth")  # not in the clear
+    async with aiosmtplib.SMTP(
+        hostname=server.host, port=server.smtp_port, tls_context=tls(server)
+    ) as smtp:
+        await smtp.login(support.user, support.password)
+        await smtp.sendmail(support.user, [customer.user], b"Subject: logged in\r\n\r\nx\r\n")
+    [delivered] = await inbox(customer)
+    assert b"Subject: logged in" in delivered
+
+    # Last, and one mechanism only (login() tries each): every failure makes
+    # Dovecot hold back the next login from 127.0.0.1 for seconds.
+    async with aiosmtplib.SMTP(
+        hostname=server.host, port=server.smtp_port, tls_context=tls(server)
+    ) as smtp:
+        await smtp.ehlo()
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError) as refused:
+            await smtp.auth_plain(support.user, support.password + "x")
+    assert refused.value.code == 535

@@ -224,6 +224,9 @@ class DovecotServer(EmbeddedServer):
         self.users_dir = self.directory / "users"
         self.mail_dir = self.directory / "mail"
         self.ca_path = self.directory / "ca.pem"
+        self.auth_socket_path = self.directory / "run" / "auth-smtp"
+        """Dovecot's SASL service for an SMTP server (PostfixServer's AUTH checks
+        logins against these users)."""
         self._process: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -438,6 +441,12 @@ service imap-login {{
     ssl = yes
   }}
   chroot =
+}}
+# Postfix (jobwire.testing.postfix) asks here whether an SMTP AUTH login is good.
+service auth {{
+  unix_listener {self.auth_socket_path} {{
+    mode = 0666
+  }}
 }}
 # The default chroot needs directories owned by root that the run dir is not.
 service anvil {{

@@ -6,7 +6,8 @@ certificates and log all live under its own directory, and it is started with
 ``master -c DIR``; the machine's ``/etc/postfix`` is never read for settings and
 the system's instance is never started. It listens on 127.0.0.1 only: SMTP (with
 STARTTLS offered) and SMTPS (TLS from the first byte) each on a free port, with a
-certificate signed by a CA of its own (:attr:`PostfixServer.ca_pem`). It looks
+certificate signed by a CA of its own (:attr:`PostfixServer.ca_pem`), and AUTH
+(PLAIN, LOGIN; over TLS only, optional) checked by Dovecot against its users. It looks
 nothing up in DNS and relays nowhere: a recipient outside its domains is refused
 at RCPT (554 relay access denied), as is an unknown user of its domains (550
 5.1.1). Every accepted message lands in the INBOX of a Dovecot user, where a test
@@ -328,6 +329,12 @@ virtual_uid_maps = static:{uid}
 virtual_gid_maps = static:{gid}
 virtual_minimum_uid = {min(uid, 100)}
 smtputf8_enable = yes
+# AUTH (PLAIN, LOGIN) with the Dovecot users' logins, offered only over TLS.
+# Optional: a recipient in our domains is taken without it, as from any MTA.
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = {self.dovecot.auth_socket_path}
+smtpd_tls_auth_only = yes
 smtpd_tls_security_level = may
 smtpd_tls_cert_file = {self.directory}/server.pem
 smtpd_tls_key_file = {self.directory}/server.key

@@ -31,7 +31,7 @@ __all__ = ["PostfixFactory"]
 
 
 class PostfixFactory(Protocol):
-    def __call__(self) -> PostfixServer: ...
+    def __call__(self, delivering_into: DovecotServer | None = None) -> PostfixServer: ...
 
 
 def _start(dovecot: DovecotServer) -> PostfixServer:
@@ -71,11 +71,13 @@ def postfix(request: pytest.FixtureRequest, dovecot: DovecotServer) -> Iterator[
 @pytest.fixture
 def postfix_factory(dovecot: DovecotServer) -> Iterator[PostfixFactory]:
     """Start dedicated Postfix instances this test owns (for restart and outage tests),
-    delivering into the session's Dovecot. All are stopped and removed after the test."""
+    delivering into the session's Dovecot or the one given (e.g. from
+    ``dovecot_factory``, for wrong-password tests: Dovecot delays later logins from
+    127.0.0.1 after a failed one). All are stopped and removed after the test."""
     servers: list[PostfixServer] = []
 
-    def start() -> PostfixServer:
-        server = _start(dovecot)
+    def start(delivering_into: DovecotServer | None = None) -> PostfixServer:
+        server = _start(delivering_into or dovecot)
         servers.append(server)
         return server
 
