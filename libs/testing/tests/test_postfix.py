@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import shutil
 import ssl
+import tempfile
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 
 from jobwire.runtime.embedded import is_listening, pid_alive
 from jobwire.testing import wait_for
-from jobwire.testing.dovecot import ImapAccount, ImapTestClient
+from jobwire.testing.dovecot import DovecotServer, ImapAccount, ImapTestClient
 from jobwire.testing.imap_fixtures import DovecotFactory
 from jobwire.testing.postfix import PostfixServer, session_processes
 from jobwire.testing.postfix_fixtures import PostfixFactory
@@ -230,3 +232,23 @@ async def test_auth_takes_a_mailbox_login_over_tls_only(
         with pytest.raises(aiosmtplib.SMTPAuthenticationError) as refused:
             await smtp.auth_plain(support.user, support.password + "x")
     assert refused.value.code == 535
+
+
+async def test_mailboxes_may_be_added_before_the_first_start_and_again(
+    dovecot: DovecotServer,
+) -> None:
+    # Not under pytest's tmp_path: that is 0700, out of reach of Postfix's daemons.
+    server = PostfixServer(Path(tempfile.mkdtemp(prefix="jobwire-postfix-")), dovecot)
+    try:
+        customer = server.add_mailbox("early@client.test")
+        assert server.add_mailbox("early@client.test", password=customer.password) == customer
+        server.start()
+        async with aiosmtplib.SMTP(
+            hostname=server.host, port=server.smtp_port, tls_context=tls(server)
+        ) as smtp:
+            await smtp.sendmail("support@cases.test", [customer.user], b"Subject: e\r\n\r\nx\r\n")
+        assert len(await inbox(customer)) == 1
+        assert server.mailboxes_path.read_text() == "early@client.test early@client.test/\n"
+    finally:
+        server.stop()
+        shutil.rmtree(server.directory, ignore_errors=True)

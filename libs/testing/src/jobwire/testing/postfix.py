@@ -3,8 +3,8 @@ writing into the maildirs of a :class:`~jobwire.testing.dovecot.DovecotServer`.
 
 A private instance: its configuration (``main.cf``, ``master.cf``), queue, data,
 certificates and log all live under its own directory, and it is started with
-``master -c DIR``; the machine's ``/etc/postfix`` is never read for settings and
-the system's instance is never started. It listens on 127.0.0.1 only: SMTP (with
+``master -c DIR``; the machine's ``main.cf``/``master.cf`` are never used and the
+system's instance is never started. It listens on 127.0.0.1 only: SMTP (with
 STARTTLS offered) and SMTPS (TLS from the first byte) each on a free port, with a
 certificate signed by a CA of its own (:attr:`PostfixServer.ca_pem`), and AUTH
 (PLAIN, LOGIN; over TLS only, optional) checked by Dovecot against its users. It looks
@@ -20,7 +20,7 @@ recipient exists is a table lookup inside ``smtpd``, so an unknown user is
 refused at RCPT time. With LMTP ``smtpd`` would accept any address and bounce
 later, unless recipient verification probes were set up, which answer 450 first.
 
-Postfix must run as root (its master refuses otherwise); ``.ci/system-packages
+Postfix runs as root only (its daemons drop to ``postfix``); ``.ci/system-packages
 test`` installs it. The master runs in the foreground as our child, so its PID is
 the one in ``queue/pid/master.pid``, and it is stopped by that PID, never by name.
 """
@@ -139,7 +139,7 @@ class PostfixServer(EmbeddedServer):
         if self.running:
             raise EmbeddedServerError(f"postfix already running (pid {self.pid})")
         if os.geteuid() != 0:
-            raise EmbeddedServerError("postfix runs only as root (its master refuses otherwise)")
+            raise EmbeddedServerError("the test Postfix runs as root only")
         postfix = find_postfix()
         for port in (self.smtp_port, self.smtps_port):
             if is_listening(LOOPBACK, port):
@@ -232,12 +232,16 @@ class PostfixServer(EmbeddedServer):
             )
         address = f"{local}@{address_domain}"
         account = self.dovecot.add_user(address, password)
+        if not self.mailboxes_path.exists():
+            # Before the first start: postmap needs the configuration too.
+            self._prepare()
         with self._mailboxes_lock:
-            self.config_dir.mkdir(parents=True, exist_ok=True)
-            lines = self.mailboxes_path.read_text() if self.mailboxes_path.exists() else ""
+            lines = self.mailboxes_path.read_text()
             # The value is the maildir under virtual_mailbox_base; its trailing
             # slash makes Postfix write a maildir, not an mbox file.
-            self._write_mailboxes(lines + f"{address} {address}/\n")
+            entry = f"{address} {address}/\n"
+            if entry not in lines.splitlines(keepends=True):
+                self._write_mailboxes(lines + entry)
         return account
 
     def __repr__(self) -> str:
