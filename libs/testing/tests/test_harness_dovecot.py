@@ -93,3 +93,12 @@ async def test_a_server_another_process_runs_is_reused_through_its_directory(
 
     assert configured_server({**environ, "JOBWIRE_TEST_START_SERVERS": "1"}) is None
     assert configured_server({"JOBWIRE_TEST_IMAP_DIR": str(tmp_path)}) is None
+
+
+async def test_messages_reads_what_was_appended_without_marking_it_seen(
+    imap_account: ImapAccount,
+) -> None:
+    async with ImapTestClient(imap_account) as imap:
+        uid = await imap.append(MESSAGE)
+        assert await imap.messages() == {uid: MESSAGE}
+        assert await imap.flags() == {uid: set()}

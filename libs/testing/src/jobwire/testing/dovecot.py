@@ -224,6 +224,9 @@ class DovecotServer(EmbeddedServer):
         self.users_dir = self.directory / "users"
         self.mail_dir = self.directory / "mail"
         self.ca_path = self.directory / "ca.pem"
+        self.auth_socket_path = self.directory / "run" / "auth-smtp"
+        """Dovecot's SASL service for an SMTP server (PostfixServer's AUTH checks
+        logins against these users)."""
         self._process: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -439,6 +442,12 @@ service imap-login {{
   }}
   chroot =
 }}
+# Postfix (jobwire.testing.postfix) asks here whether an SMTP AUTH login is good.
+service auth {{
+  unix_listener {self.auth_socket_path} {{
+    mode = 0666
+  }}
+}}
 # The default chroot needs directories owned by root that the run dir is not.
 service anvil {{
   chroot =
@@ -574,6 +583,27 @@ class ImapTestClient:
 
     async def count(self, folder: str = "INBOX") -> int:
         return len(await self.flags(folder))
+
+    async def messages(self, folder: str = "INBOX") -> dict[int, bytes]:
+        """UID → raw message (as stored, headers and body) of every message in
+        ``folder``; read-only, so flags (``\\Seen``) stay as they were."""
+
+        def fetch() -> dict[int, bytes]:
+            imap = self._session()
+            _check(*imap.select(_quote(folder), readonly=True), "EXAMINE")
+            typ, data = imap.uid("FETCH", "1:*", "(UID BODY.PEEK[])")
+            _check(typ, data, "FETCH")
+            found: dict[int, bytes] = {}
+            for item in data:
+                # imaplib gives (b'1 (UID 7 BODY[] {123}', b'<literal>') per message.
+                if isinstance(item, tuple):
+                    match = re.search(rb"UID (\d+)", item[0])
+                    if match:
+                        found[int(match.group(1))] = item[1]
+            imap.close()
+            return found
+
+        return await self._run(fetch)
 
     # ------------------------------------------------------------ internals
 
