@@ -6,6 +6,12 @@ message is a CloudEvent (structured mode); ``data`` is the StartWorkflow
 command described in ``libs/contracts/schemas/StartWorkflow.v1.json``.
 A real engine would start one workflow instance per ``idempotency_key``.
 
+One workflow it also answers, as a workflow engine would: ``send-sample-mail``
+(started every minute by the sample job of ``jobwire dev``) asks the mailer for
+an email by publishing a SendEmail command (``SendEmail.v1.json``) on
+``jobwire.mail.send.default``, keyed by the workflow's own idempotency key, so
+a redelivered start never sends a second email.
+
     python examples/workflow_printer.py [--url nats://127.0.0.1:4222] [--namespace jobwire]
 """
 
@@ -20,6 +26,34 @@ import signal
 
 import nats
 import nats.js.errors
+
+
+async def send_sample_mail(js, namespace: str, command: dict, at: str) -> None:  # type: ignore[no-untyped-def]
+    key = f"sample-mail:{command['idempotency_key']}"
+    event = {
+        "specversion": "1.0",
+        "id": key,
+        "source": "examples/workflow_printer",
+        "type": "io.jobwire.mail.send.v1",
+        "time": at,
+        "datacontenttype": "application/json",
+        "data": {
+            "idempotency_key": key,
+            "account": "default",
+            "to": [{"address": (command.get("input") or {}).get("to", "alice@example.com")}],
+            "subject": f"Hello from jobwire — {at}",
+            "text": "This email was asked for by the example app when the job "
+            "`sample-mail` started `send-sample-mail`.\n",
+            "conversation_id": "sample",
+            "tags": ["sample"],
+        },
+    }
+    await js.publish(
+        f"{namespace}.mail.send.default",
+        json.dumps(event).encode(),
+        headers={"Nats-Msg-Id": key, "Content-Type": "application/cloudevents+json"},
+    )
+    print(f"workflow-printer: asked the mailer for an email ({key})", flush=True)
 
 
 async def main(url: str, namespace: str) -> None:
@@ -56,6 +90,8 @@ async def main(url: str, namespace: str) -> None:
                 f"key={command['idempotency_key']} at {event['time']}",
                 flush=True,
             )
+            if command["workflow"] == "send-sample-mail":
+                await send_sample_mail(js, namespace, command, event["time"])
             await msg.ack()  # after handling: a crash before this redelivers it
     with contextlib.suppress(Exception):
         await psub.unsubscribe()

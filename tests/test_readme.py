@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+
+import pytest
 
 from jobwire.runtime.settings import ServiceSettings, settings_table
 
@@ -23,17 +26,16 @@ def test_every_kit_setting_is_documented_with_its_default() -> None:
         )
 
 
-def test_every_scheduler_setting_is_documented() -> None:
-    from jobwire.scheduler.settings import SchedulerSettings
-
-    for variable, default, description in settings_table(SchedulerSettings):
-        if variable.startswith("JOBWIRE_SCHEDULER__"):
-            assert f"| `{variable}` | {default} | {description} |" in README, variable
-
-
-def test_every_listeners_setting_is_documented() -> None:
-    from jobwire.listeners.settings import ListenersSettings
-
-    for variable, default, description in settings_table(ListenersSettings):
-        if variable.startswith("JOBWIRE_LISTENERS__"):
+@pytest.mark.parametrize(
+    ("module", "name", "prefix"),
+    [
+        ("jobwire.scheduler.settings", "SchedulerSettings", "JOBWIRE_SCHEDULER__"),
+        ("jobwire.listeners.settings", "ListenersSettings", "JOBWIRE_LISTENERS__"),
+        ("jobwire.mailer.settings", "MailerSettings", "JOBWIRE_MAILER__"),
+    ],
+)
+def test_every_service_setting_is_documented(module: str, name: str, prefix: str) -> None:
+    settings = getattr(importlib.import_module(module), name)
+    for variable, default, description in settings_table(settings):
+        if variable.startswith(prefix):
             assert f"| `{variable}` | {default} | {description} |" in README, variable

@@ -42,6 +42,7 @@ import typer
 
 from jobwire.cli import devfile
 from jobwire.runtime.embedded import (
+    DEV_API_VARIABLE,
     EmbeddedServerError,
     NatsServer,
     PostgresServer,
@@ -330,6 +331,12 @@ def _run(
                     instance_id=f"dev-{name}-{os.getpid()}",
                 )
                 configured.append((spec, settings))
+                if name == FIRST:
+                    # Before the other services' settings: the mailer's dev_overrides
+                    # read where the admin API (which checks its tokens) listens.
+                    os.environ[DEV_API_VARIABLE] = (
+                        f"http://{settings.http_host}:{settings.http_port}"
+                    )
             base = load_settings(ServiceSettings, nats={"url": nats_url})
         except SettingsError as exc:
             typer.echo(f"jobwire dev: {exc}", err=True)

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -57,6 +57,16 @@ _LOG_TAIL_LINES = 30
 # Unix-domain socket paths are limited to 108 bytes on Linux; PostgreSQL appends
 # "/.s.PGSQL.<port>" (and ".lock") to the directory.
 _MAX_SOCKET_DIR_LEN = 80
+
+
+# How `jobwire dev` tells the other services where the admin API listens
+# (its URL), set before their settings are loaded.
+DEV_API_VARIABLE = "JOBWIRE_DEV_API_URL"
+
+
+def dev_api_url(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The admin API's URL that ``jobwire dev`` announces; None outside ``jobwire dev``."""
+    return environ.get(DEV_API_VARIABLE) or None
 
 
 class EmbeddedServerError(RuntimeError):

@@ -91,10 +91,10 @@ class MailerOptions(BaseModel):
         10 * MIB, ge=1, description="an attachment larger than this is refused"
     )
     lease_seconds: float = Field(
-        120.0,
+        300.0,
         gt=0,
         description="a claimed email whose sender vanished is taken again this long after "
-        "the claim; must exceed the longest send (data_timeout_seconds)",
+        "the claim; must exceed the longest send (4 x timeout_seconds + data_timeout_seconds)",
     )
     retry_base_seconds: float = Field(60.0, gt=0, description="first wait after a deferral")
     retry_max_seconds: float = Field(3600.0, gt=0, description="cap of the wait between attempts")
@@ -112,6 +112,27 @@ class MailerOptions(BaseModel):
     token_cache_seconds: float = Field(
         30.0, ge=0, description="how long a checked token is trusted without asking again"
     )
+    relay_batch: int = Field(500, ge=1, le=10_000, description="events published per round")
+    relay_poll_seconds: float = Field(
+        1.0, gt=0, description="longest wait before the outbox is looked at again"
+    )
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_send(self) -> MailerOptions:
+        for name, account in self.accounts.items():
+            # connect + TLS + AUTH + MAIL + RCPTs, each bounded, then DATA.
+            longest = account.timeout_seconds * 4 + account.data_timeout_seconds
+            if self.lease_seconds <= longest:
+                raise ValueError(
+                    f"lease_seconds ({self.lease_seconds:g}) must exceed the longest send of "
+                    f"account {name!r} ({longest:g} s: 4 x timeout_seconds + "
+                    "data_timeout_seconds), "
+                    "or a slow send is taken by a second sender"
+                )
+        locals_ = [c for c in self.storages if c.kind == "local"]
+        if len(locals_) > 1:
+            raise ValueError("storages: at most one local storage (a FileObject names no root)")
+        return self
 
 
 class MailerSettings(ServiceSettings):

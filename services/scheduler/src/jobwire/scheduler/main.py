@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from datetime import timedelta
+from importlib.metadata import entry_points
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,34 @@ SAMPLE_JOB = {
     "schedule": {"kind": "cron", "expression": "*/5 * * * * *", "timezone": "UTC"},
     "params": {"workflow": "hello", "input": {"greeting": "hello from jobwire"}},
 }
+
+
+# `jobwire dev` with the mailer: an app asks for an email every minute (the
+# example app answers `send-sample-mail` with a SendEmail), the mailer sends
+# what is queued every 5 s, and the address book is filled every minute.
+SAMPLE_MAIL_JOBS = [
+    {
+        "name": "sample-mail",
+        "type": "start-workflow",
+        "description": "created by `jobwire dev`: the example app answers it with an email",
+        "schedule": {"kind": "cron", "expression": "0 * * * * *", "timezone": "UTC"},
+        "params": {"workflow": "send-sample-mail", "input": {"to": "alice@example.com"}},
+    },
+    {
+        "name": "mail-sender",
+        "type": "email-send",
+        "description": "created by `jobwire dev`: sends the queued email",
+        "schedule": {"kind": "cron", "expression": "*/5 * * * * *", "timezone": "UTC"},
+        "params": {},
+    },
+    {
+        "name": "address-book",
+        "type": "address-book-populate",
+        "description": "created by `jobwire dev`: adds the addresses of sent and received email",
+        "schedule": {"kind": "cron", "expression": "30 * * * * *", "timezone": "UTC"},
+        "params": {},
+    },
+]
 
 
 def sample_listener(folder: str) -> dict[str, object]:
@@ -91,6 +120,10 @@ class Scheduler:
         if self.options.sample_job:
             with contextlib.suppress(JobExists):  # kept from an earlier run
                 await self.store.create(parse_definition(SAMPLE_JOB), utcnow())
+        if self.options.sample_mail:
+            for job in SAMPLE_MAIL_JOBS:
+                with contextlib.suppress(JobExists):
+                    await self.store.create(parse_definition(job), utcnow())
         if self.options.sample_inbox:
             folder = Path(self.options.sample_inbox)
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
@@ -161,6 +194,13 @@ spec = ServiceSpec(
     schema="scheduler",
     routes=routes,
     dev_overrides=lambda data: {
-        "scheduler": {"sample_job": True, "sample_inbox": str(data / "inbox")}
+        "scheduler": {
+            "sample_job": True,
+            "sample_inbox": str(data / "inbox"),
+            # The mail samples only where a mailer runs their runs.
+            "sample_mail": any(
+                ep.name == "mailer" for ep in entry_points(group="jobwire.services")
+            ),
+        }
     },
 )

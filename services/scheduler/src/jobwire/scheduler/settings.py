@@ -41,6 +41,9 @@ class SchedulerOptions(BaseModel):
     sample_job: bool = Field(
         False, description="create a sample start-workflow job (used by `jobwire dev`)"
     )
+    sample_mail: bool = Field(
+        False, description="create the sample mail jobs (`jobwire dev`, when the mailer runs)"
+    )
     sample_inbox: str | None = Field(
         None, description="create a sample file listener on this folder (used by `jobwire dev`)"
     )

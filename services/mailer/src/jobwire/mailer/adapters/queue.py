@@ -1,0 +1,606 @@
+"""PostgreSQL: the mail queue, attempts, the conversation log and the address book.
+
+All of the mailer's SQL is here. Every change of an email's state and the
+event that tells it are written in one transaction (the event into the
+outbox, which the kit's relay publishes), so an event is never lost nor told
+twice. A sender holds an email by its claim: ``status = 'sending'``, its name
+in ``claimed_by`` and the lease's end in ``due_at``; an outcome is recorded
+only while the claim is still the sender's (same attempt), so a sender that
+lost its lease (it stalled past ``lease_seconds``) cannot overwrite what the
+next sender did.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from jobwire.contracts.mail import (
+    EmailDeferred,
+    EmailEvent,
+    EmailFailed,
+    EmailQueued,
+    EmailSent,
+    RecipientResult,
+    SendEmail,
+)
+from jobwire.contracts.objects import EmailAddress
+from jobwire.mailer.domain.contacts import Contact
+from jobwire.mailer.domain.delivery import Settled
+from jobwire.runtime.outbox import OutboxMessage, PostgresOutbox
+
+SCHEMA = "mailer"
+
+# (event, Nats-Msg-Id) → the outbox row that carries it.
+Encode = Callable[[EmailEvent, str], OutboxMessage]
+
+STATUSES = ("queued", "sending", "deferred", "sent", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A validated SendEmail, ready to queue: what the queue row is made of."""
+
+    command: SendEmail
+    email_id: str
+    message_id: str
+    conversation_id: str | None
+    references: list[str]
+    recipients: list[str]  # the envelope: to + cc + bcc, normalised, once each
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedEmail:
+    """One email as the queue holds it."""
+
+    id: str
+    idempotency_key: str
+    account: str
+    message_id: str
+    conversation_id: str | None
+    command: SendEmail
+    references: list[str]
+    status: str
+    queued_at: datetime
+    due_at: datetime
+    attempts: int
+    claimed_by: str | None
+    pending: list[str]
+    accepted: list[str]
+    refused: list[RecipientResult]
+    last_code: int | None
+    last_reply: str | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Parent:
+    """A conversation message an email answers."""
+
+    message_id: str
+    conversation_id: str | None
+    references: list[str]
+    in_reply_to: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationMessage:
+    """One email of the conversation log, as address-book-populate reads it."""
+
+    message_id: str
+    direction: str
+    conversation_id: str | None
+    sender: EmailAddress | None
+    recipients: list[EmailAddress]
+    at: datetime
+
+
+def _email(row: asyncpg.Record) -> QueuedEmail:
+    return QueuedEmail(
+        id=str(row["id"]),
+        idempotency_key=row["idempotency_key"],
+        account=row["account"],
+        message_id=row["message_id"],
+        conversation_id=row["conversation_id"],
+        command=SendEmail.model_validate(row["command"]),
+        references=list(row["refs"]),
+        status=row["status"],
+        queued_at=row["queued_at"],
+        due_at=row["due_at"],
+        attempts=row["attempts"],
+        claimed_by=row["claimed_by"],
+        pending=list(row["pending"]),
+        accepted=list(row["accepted"]),
+        refused=[RecipientResult.model_validate(r) for r in row["refused"]],
+        last_code=row["last_code"],
+        last_reply=row["last_reply"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _addresses(items: Sequence[EmailAddress]) -> list[dict[str, Any]]:
+    return [a.model_dump(mode="json") for a in items]
+
+
+class MailQueue:
+    """The mailer's PostgreSQL state; ``encode`` turns an event into an outbox row."""
+
+    def __init__(self, pool: asyncpg.Pool, encode: Encode, *, schema: str = SCHEMA) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.encode = encode
+        self.outbox = PostgresOutbox(schema)
+        self.on_outbox: Callable[[], None] = lambda: None
+
+    # -- intake ------------------------------------------------------------------
+
+    async def enqueue(self, accepted: Accepted, now: datetime) -> tuple[QueuedEmail, bool]:
+        """Queue an email; (the email, True) if new, (the one queued before, False) if not."""
+        command = accepted.command
+        due = command.send_at or now
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"""INSERT INTO {self.schema}.emails
+                    (id, idempotency_key, account, message_id, conversation_id, command, refs,
+                     status, queued_at, due_at, pending)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10)
+                    ON CONFLICT (id) DO NOTHING
+                    RETURNING *""",
+                uuid.UUID(accepted.email_id),
+                command.idempotency_key,
+                command.account,
+                accepted.message_id,
+                accepted.conversation_id,
+                command.model_dump(mode="json", by_alias=True),
+                accepted.references,
+                now,
+                due,
+                accepted.recipients,
+            )
+            if row is None:
+                existing = await self._get(conn, accepted.email_id)
+                assert existing is not None
+                return existing, False
+            email = _email(row)
+            event = EmailQueued(**self._about(email), at=now, send_at=command.send_at)
+            await self._tell(conn, event, f"mail:{email.id}:queued")
+        self.on_outbox()
+        return email, True
+
+    async def refuse(
+        self, accepted: Accepted, reason: str, now: datetime
+    ) -> tuple[QueuedEmail, bool]:
+        """Record a command refused before sending: a failed email (attempt 0) and its event.
+
+        Kept as an email so the app that sent it can look it up by its key;
+        (the email, True) if new.
+        """
+        command = accepted.command
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"""INSERT INTO {self.schema}.emails
+                    (id, idempotency_key, account, message_id, conversation_id, command, refs,
+                     status, queued_at, due_at, pending, last_reply, finished_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, '{{}}', 'failed', $7, $7, '{{}}', $8, $7)
+                    ON CONFLICT (id) DO NOTHING
+                    RETURNING *""",
+                uuid.UUID(accepted.email_id),
+                command.idempotency_key,
+                command.account,
+                accepted.message_id,
+                accepted.conversation_id,
+                command.model_dump(mode="json", by_alias=True),
+                now,
+                reason,
+            )
+            if row is None:
+                existing = await self._get(conn, accepted.email_id)
+                assert existing is not None
+                return existing, False
+            email = _email(row)
+            event = EmailFailed(**self._about(email), at=now, attempt=0, reason=reason)
+            await self._tell(conn, event, f"mail:{email.id}:failed")
+        self.on_outbox()
+        return email, True
+
+    # -- sending -------------------------------------------------------------------
+
+    async def claim(
+        self,
+        owner: str,
+        host: str,
+        limit: int,
+        accounts: Sequence[str],
+        lease_seconds: float,
+        now: datetime,
+    ) -> list[QueuedEmail]:
+        """Take up to ``limit`` due emails of ``accounts`` for one attempt each.
+
+        Due: queued or deferred with ``due_at`` passed, or sending with its
+        lease run out (its sender vanished). ``SKIP LOCKED`` lets replicas
+        claim side by side; the attempt is counted and recorded here.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                f"""WITH due AS (
+                        SELECT id FROM {self.schema}.emails
+                        WHERE status IN ('queued', 'sending', 'deferred')
+                          AND due_at <= $1 AND account = ANY($2::text[])
+                        ORDER BY due_at
+                        LIMIT $3
+                        FOR UPDATE SKIP LOCKED
+                    )
+                    UPDATE {self.schema}.emails e
+                    SET status = 'sending', attempts = e.attempts + 1, claimed_by = $4,
+                        due_at = $1 + $5::interval
+                    FROM due WHERE e.id = due.id
+                    RETURNING e.*""",
+                now,
+                list(accounts),
+                limit,
+                owner,
+                timedelta(seconds=lease_seconds),
+            )
+            if rows:
+                await conn.executemany(
+                    f"""INSERT INTO {self.schema}.attempts (email_id, attempt, host, started_at)
+                        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+                    [(r["id"], r["attempts"], host, now) for r in rows],
+                )
+        return [_email(r) for r in rows]
+
+    async def release(self, email: QueuedEmail, now: datetime) -> None:
+        """Hand a claimed email back before anything was sent (the sender is stopping)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"""UPDATE {self.schema}.emails
+                    SET status = CASE WHEN attempts > 1 THEN 'deferred' ELSE 'queued' END,
+                        attempts = attempts - 1, claimed_by = NULL, due_at = $3
+                    WHERE id = $1 AND status = 'sending' AND attempts = $2""",
+                uuid.UUID(email.id),
+                email.attempts,
+                now,
+            )
+            await conn.execute(
+                f"DELETE FROM {self.schema}.attempts WHERE email_id = $1 AND attempt = $2",
+                uuid.UUID(email.id),
+                email.attempts,
+            )
+
+    async def record(self, email: QueuedEmail, settled: Settled, host: str, now: datetime) -> bool:
+        """Record how ``email``'s attempt ended, with its event; False if the claim was lost."""
+        status = settled.outcome
+        due = settled.next_attempt_at or now
+        finished = None if status == "deferred" else now
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"""UPDATE {self.schema}.emails
+                    SET status = $3, due_at = $4, claimed_by = NULL, pending = $5,
+                        accepted = $6, refused = $7, last_code = $8, last_reply = $9,
+                        finished_at = $10
+                    WHERE id = $1 AND status = 'sending' AND attempts = $2
+                    RETURNING *""",
+                uuid.UUID(email.id),
+                email.attempts,
+                status,
+                due,
+                settled.pending,
+                settled.accepted,
+                [r.model_dump(mode="json") for r in settled.refused],
+                settled.code,
+                settled.reason,
+                finished,
+            )
+            if row is None:
+                return False
+            recipients = settled.deferred if status == "deferred" else settled.refused
+            await conn.execute(
+                f"""UPDATE {self.schema}.attempts
+                    SET ended_at = $3, outcome = $4, code = $5, reply = $6, recipients = $7
+                    WHERE email_id = $1 AND attempt = $2""",
+                uuid.UUID(email.id),
+                email.attempts,
+                now,
+                status,
+                settled.code,
+                settled.reason,
+                [r.model_dump(mode="json") for r in recipients],
+            )
+            about = self._about(email)
+            event: EmailEvent
+            if status == "sent":
+                event = EmailSent(
+                    **about,
+                    at=now,
+                    attempt=email.attempts,
+                    code=settled.code or 250,
+                    reply=settled.reason,
+                    accepted=settled.accepted,
+                    refused=settled.refused,
+                )
+                await self._log_sent(conn, email, now)
+            elif status == "deferred":
+                assert settled.next_attempt_at is not None
+                event = EmailDeferred(
+                    **about,
+                    at=now,
+                    attempt=email.attempts,
+                    code=settled.code,
+                    reason=settled.reason,
+                    next_attempt_at=settled.next_attempt_at,
+                    recipients=settled.deferred,
+                )
+            else:
+                event = EmailFailed(
+                    **about,
+                    at=now,
+                    attempt=email.attempts,
+                    code=settled.code,
+                    reason=settled.reason,
+                    recipients=settled.refused,
+                )
+            msg_id = f"mail:{email.id}:{status}"
+            if status == "deferred":
+                msg_id += f":{email.attempts}"
+            await self._tell(conn, event, msg_id)
+        self.on_outbox()
+        return True
+
+    async def _log_sent(self, conn: asyncpg.Connection, email: QueuedEmail, now: datetime) -> None:
+        command = email.command
+        await conn.execute(
+            f"""INSERT INTO {self.schema}.messages
+                (message_id, direction, conversation_id, email_id, in_reply_to, refs, sender,
+                 recipients, subject, at)
+                VALUES ($1, 'sent', $2, $3, $4, $5, $6, $7, $8, $9)
+                ON CONFLICT (message_id) DO NOTHING""",
+            email.message_id,
+            email.conversation_id,
+            uuid.UUID(email.id),
+            command.in_reply_to,
+            email.references,
+            command.from_.model_dump(mode="json") if command.from_ else None,
+            _addresses([*command.to, *command.cc, *command.bcc]),
+            command.subject,
+            now,
+        )
+
+    def _about(self, email: QueuedEmail) -> dict[str, Any]:
+        return {
+            "email_id": email.id,
+            "idempotency_key": email.idempotency_key,
+            "account": email.account,
+            "message_id": email.message_id,
+            "conversation_id": email.conversation_id,
+            "tags": email.command.tags,
+        }
+
+    async def _tell(self, conn: asyncpg.Connection, event: EmailEvent, msg_id: str) -> None:
+        await self.outbox.insert(conn, [self.encode(event, msg_id)])
+
+    # -- reading -------------------------------------------------------------------
+
+    async def get(self, email_id: str) -> QueuedEmail | None:
+        async with self.pool.acquire() as conn:
+            return await self._get(conn, email_id)
+
+    async def _get(self, conn: asyncpg.Connection, email_id: str) -> QueuedEmail | None:
+        try:
+            key = uuid.UUID(email_id)
+        except ValueError:
+            return None
+        row = await conn.fetchrow(f"SELECT * FROM {self.schema}.emails WHERE id = $1", key)
+        return None if row is None else _email(row)
+
+    async def attempts(self, email_id: str) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            f"""SELECT attempt, host, started_at, ended_at, outcome, code, reply, recipients
+                FROM {self.schema}.attempts WHERE email_id = $1 ORDER BY attempt""",
+            uuid.UUID(email_id),
+        )
+        return [dict(r) for r in rows]
+
+    async def list_emails(
+        self,
+        *,
+        status: str | None = None,
+        account: str | None = None,
+        conversation_id: str | None = None,
+        before: tuple[datetime, str] | None = None,
+        limit: int = 50,
+    ) -> list[QueuedEmail]:
+        """Newest first; ``before`` = (queued_at, id) of the last email of the previous page."""
+        rows = await self.pool.fetch(
+            f"""SELECT * FROM {self.schema}.emails
+                WHERE ($1::text IS NULL OR status = $1)
+                  AND ($2::text IS NULL OR account = $2)
+                  AND ($3::text IS NULL OR conversation_id = $3)
+                  AND ($4::timestamptz IS NULL OR (queued_at, id) < ($4, $5::uuid))
+                ORDER BY queued_at DESC, id DESC
+                LIMIT $6""",
+            status,
+            account,
+            conversation_id,
+            before[0] if before else None,
+            uuid.UUID(before[1]) if before else None,
+            limit,
+        )
+        return [_email(r) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            f"SELECT status, count(*) AS n FROM {self.schema}.emails GROUP BY status"
+        )
+        found = {r["status"]: r["n"] for r in rows}
+        return {status: found.get(status, 0) for status in STATUSES}
+
+    # -- the conversation log --------------------------------------------------------
+
+    async def parent(self, message_id: str) -> Parent | None:
+        row = await self.pool.fetchrow(
+            f"""SELECT message_id, conversation_id, refs, in_reply_to
+                FROM {self.schema}.messages WHERE message_id = $1""",
+            message_id,
+        )
+        if row is None:
+            return None
+        return Parent(
+            row["message_id"], row["conversation_id"], list(row["refs"]), row["in_reply_to"]
+        )
+
+    async def log_received(
+        self,
+        *,
+        message_id: str,
+        conversation_id: str | None,
+        in_reply_to: str | None,
+        references: list[str],
+        sender: EmailAddress,
+        recipients: list[EmailAddress],
+        subject: str,
+        at: datetime,
+    ) -> bool:
+        """Log an email an email listener received; False if it was logged before."""
+        result = await self.pool.execute(
+            f"""INSERT INTO {self.schema}.messages
+                (message_id, direction, conversation_id, in_reply_to, refs, sender, recipients,
+                 subject, at)
+                VALUES ($1, 'received', $2, $3, $4, $5, $6, $7, $8)
+                ON CONFLICT (message_id) DO NOTHING""",
+            message_id,
+            conversation_id,
+            in_reply_to,
+            references,
+            sender.model_dump(mode="json"),
+            _addresses(recipients),
+            subject,
+            at,
+        )
+        return bool(result == "INSERT 0 1")
+
+    async def conversation_of(self, message_ids: Sequence[str]) -> str | None:
+        """The conversation of the first of ``message_ids`` the log knows (threading)."""
+        if not message_ids:
+            return None
+        row = await self.pool.fetchrow(
+            f"""SELECT conversation_id FROM {self.schema}.messages
+                WHERE message_id = ANY($1::text[]) AND conversation_id IS NOT NULL
+                ORDER BY array_position($1::text[], message_id) LIMIT 1""",
+            list(message_ids),
+        )
+        return None if row is None else row["conversation_id"]
+
+    async def conversation(self, conversation_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            f"""SELECT message_id, direction, email_id, in_reply_to, sender, recipients, subject, at
+                FROM {self.schema}.messages WHERE conversation_id = $1 ORDER BY at LIMIT $2""",
+            conversation_id,
+            limit,
+        )
+        return [dict(r) for r in rows]
+
+    # -- the address book ---------------------------------------------------------------
+
+    async def contacts_todo(self, limit: int) -> list[ConversationMessage]:
+        """Logged emails whose addresses are not in the address book yet, oldest first."""
+        rows = await self.pool.fetch(
+            f"""SELECT message_id, direction, conversation_id, sender, recipients, at
+                FROM {self.schema}.messages WHERE NOT contacts_done
+                ORDER BY at, message_id LIMIT $1""",
+            limit,
+        )
+        return [
+            ConversationMessage(
+                message_id=r["message_id"],
+                direction=r["direction"],
+                conversation_id=r["conversation_id"],
+                sender=EmailAddress.model_validate(r["sender"]) if r["sender"] else None,
+                recipients=[EmailAddress.model_validate(a) for a in r["recipients"]],
+                at=r["at"],
+            )
+            for r in rows
+        ]
+
+    async def add_contacts(self, contacts: Sequence[Contact], message_ids: Sequence[str]) -> None:
+        """Fold ``contacts`` into the address book and mark ``message_ids`` done, at once.
+
+        Only messages not yet done are marked, and the contacts counted are
+        theirs: two runs racing over one batch cannot count it twice (the
+        second finds the rows done and changes nothing).
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            marked = await conn.fetch(
+                f"""UPDATE {self.schema}.messages SET contacts_done = true
+                    WHERE message_id = ANY($1::text[]) AND NOT contacts_done
+                    RETURNING message_id""",
+                list(message_ids),
+            )
+            if len(marked) != len(set(message_ids)):
+                raise ContactsRace(len(set(message_ids)) - len(marked))
+            await conn.executemany(
+                f"""INSERT INTO {self.schema}.contacts AS c
+                    (key, address, name, first_seen, last_seen, sent_count, received_count,
+                     last_conversation_id)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    ON CONFLICT (key) DO UPDATE SET
+                        address = CASE WHEN EXCLUDED.last_seen >= c.last_seen
+                                       THEN EXCLUDED.address ELSE c.address END,
+                        name = CASE WHEN EXCLUDED.name IS NOT NULL
+                                         AND EXCLUDED.last_seen >= c.last_seen
+                                    THEN EXCLUDED.name ELSE COALESCE(c.name, EXCLUDED.name) END,
+                        first_seen = LEAST(c.first_seen, EXCLUDED.first_seen),
+                        last_seen = GREATEST(c.last_seen, EXCLUDED.last_seen),
+                        sent_count = c.sent_count + EXCLUDED.sent_count,
+                        received_count = c.received_count + EXCLUDED.received_count,
+                        last_conversation_id = CASE
+                            WHEN EXCLUDED.last_conversation_id IS NOT NULL
+                                 AND EXCLUDED.last_seen >= c.last_seen
+                            THEN EXCLUDED.last_conversation_id
+                            ELSE COALESCE(c.last_conversation_id, EXCLUDED.last_conversation_id)
+                        END""",
+                [
+                    (
+                        c.key,
+                        c.address,
+                        c.name,
+                        c.first_seen,
+                        c.last_seen,
+                        c.sent,
+                        c.received,
+                        c.last_conversation_id,
+                    )
+                    for c in contacts
+                ],
+            )
+
+    async def search_contacts(self, prefix: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Contacts whose address or name starts with ``prefix`` (case-insensitive)."""
+        like = _like_prefix(prefix.lower())
+        rows = await self.pool.fetch(
+            f"""SELECT key, address, name, first_seen, last_seen, sent_count, received_count,
+                       last_conversation_id
+                FROM {self.schema}.contacts
+                WHERE key LIKE $1 OR lower(name) LIKE $1
+                ORDER BY sent_count + received_count DESC, key
+                LIMIT $2""",
+            like,
+            limit,
+        )
+        return [dict(r) for r in rows]
+
+
+class ContactsRace(RuntimeError):
+    """Another run took some of the same messages first; this batch is redone."""
+
+    def __init__(self, taken: int) -> None:
+        super().__init__(f"{taken} message(s) of the batch were taken in by another run")
+
+
+def _like_prefix(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
