@@ -103,6 +103,7 @@ _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII but '
 _MSG_ID = re.compile(r"<[!-;=?-~]+>")  # printable ASCII but '<' '>', in angle brackets
 _CONTENT_ID = re.compile(r"[!-;=?-~]+")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*")
+_NEWLINE_WITHOUT_FWS = re.compile(rb"\r\n[^ \t]|\r[^ \n\t]|\n[^ \t]|[\r\n]$")
 _ADDRESS_HEADERS = {"from": "from", "to": "to", "cc": "cc", "reply-to": "reply_to"}
 
 
@@ -244,7 +245,35 @@ def render(message: EmailMessage, *, smtputf8: bool) -> bytes:
                     raise InvalidCommand(
                         field, "the local part is not ASCII and the server does not offer SMTPUTF8"
                     )
-    return message.as_bytes(policy=_POLICY_SMTPUTF8 if smtputf8 else _POLICY)
+    policy = _POLICY_SMTPUTF8 if smtputf8 else _POLICY
+    _verify_folded_headers(message, policy)
+    return message.as_bytes(policy=policy)
+
+
+def _verify_folded_headers(message: EmailMessage, policy: Policy) -> None:
+    """Refuse a header whose folded form starts a line that is not a continuation.
+
+    :func:`check_command` refuses line breaks in what a caller gives; this is
+    the backstop for what the email package makes of it (Python 3.11.10 and
+    3.12.5 got ``policy.verify_generated_headers`` for the same reason,
+    CVE-2024-6923; this runs on every version).
+    """
+    for part in message.walk():
+        for name, value in part.items():
+            folded = policy.fold_binary(name, value).removesuffix(b"\r\n")
+            if _NEWLINE_WITHOUT_FWS.search(folded):
+                raise InvalidCommand(
+                    _field_of_header(name), "would start a new header line when written"
+                )
+
+
+def _field_of_header(name: str) -> str:
+    lowered = name.lower()
+    if lowered in _ADDRESS_HEADERS:
+        return _ADDRESS_HEADERS[lowered]
+    if lowered in ("subject", "in-reply-to"):
+        return lowered.replace("-", "_")
+    return f"headers.{name}"
 
 
 def attachment_filename(attachment: Attachment) -> str:
