@@ -44,7 +44,13 @@ import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from email import policy as email_policy
-from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
+from email.headerregistry import (
+    Address,
+    BaseHeader,
+    ContentDispositionHeader,
+    HeaderRegistry,
+    UnstructuredHeader,
+)
 from email.message import EmailMessage, MIMEPart
 from email.policy import Policy
 from typing import Any
@@ -124,10 +130,24 @@ class _MessageIdsHeader(UnstructuredHeader, BaseHeader):
         return policy.linesep.join(lines) + policy.linesep
 
 
+# The bases the registry combines anyway; typeshed types the two apart.
+class _ContentDispositionHeader(ContentDispositionHeader, BaseHeader):  # type: ignore[misc]
+    """Content-Disposition whose file name is RFC 2231-encoded even under SMTPUTF8.
+
+    RFC 6532 allows it raw then, but mail clients read RFC 2231 names far more
+    reliably than raw UTF-8 parameters.
+    """
+
+    def fold(self, *, policy: Policy) -> str:
+        # _POLICY is the rendering policy less utf8 (render uses no other).
+        return BaseHeader.fold(self, policy=_POLICY)
+
+
 def _header_registry() -> HeaderRegistry:
     registry = HeaderRegistry()
     for name in ("references", "in-reply-to", "content-id"):
         registry.map_to_type(name, _MessageIdsHeader)
+    registry.map_to_type("content-disposition", _ContentDispositionHeader)
     return registry
 
 
