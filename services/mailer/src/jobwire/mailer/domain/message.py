@@ -34,7 +34,19 @@ The MIME tree, as mail clients expect it::
 
 Bodies are quoted-printable or base64, never 8bit, so no server needs 8BITMIME.
 Header fields are folded at 78 characters; a UTF-8 subject or display name is
-sent as RFC 2047 encoded words, or raw (RFC 6532) when the server speaks SMTPUTF8.
+sent as RFC 2047 encoded words, or raw (RFC 6532) when rendered for SMTPUTF8
+(file names stay RFC 2231-encoded even then). Message ids (References,
+In-Reply-To, Content-ID) are folded between ids, never encoded.
+
+Header injection is stopped twice. :func:`check_command` refuses line breaks
+(every character ``str.splitlines`` breaks at) and control characters in
+every text that reaches a header, also once RFC 2047 encoded words in it are
+decoded — the email package decodes them in the values it is given, and the
+Python on these machines (3.11.7) writes a decoded CR LF out as a new header
+line (CVE-2024-6923, fixed in 3.11.10 and 3.12.5) — and refuses ``=?`` in
+display names outright (decoded, they are written unquoted: ``a, b@x`` would
+be a second visible address). :func:`render` then checks every folded header
+for a line that is not a continuation, whatever the Python version.
 """
 
 from __future__ import annotations
