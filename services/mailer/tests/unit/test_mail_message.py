@@ -567,3 +567,11 @@ def test_render_refuses_a_header_that_would_inject_even_if_unchecked(
         render(build(command(**fields)), smtputf8=smtputf8)
 
     assert raised.value.field == field
+
+
+def test_build_leaves_out_references_that_are_not_msg_ids() -> None:
+    refs = ["<a@x>", "b@x\r\nBcc: v@x", "<ü@x>", "<c@x>"]
+
+    message = parsed(render(build(command(), references=refs), smtputf8=False))
+
+    assert message["References"] == "<a@x> <c@x>"

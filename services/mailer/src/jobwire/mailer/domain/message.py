@@ -245,8 +245,9 @@ def build_message(
     """The message for a checked ``command``: headers, bodies and attachments.
 
     ``attachments`` pairs each of the command's attachments with its content.
-    ``references`` is what :func:`references_for` gave; when empty and the
-    command answers an email, References repeats In-Reply-To. Bcc is never a
+    ``references`` is what :func:`references_for` gave (what is not a msg-id
+    is left out); when empty and the command answers an email, References
+    repeats In-Reply-To. Bcc is never a
     header: those recipients are only in the envelope.
     """
     message = EmailMessage(policy=_POLICY)
@@ -463,6 +464,8 @@ def _set_headers(
     if command.in_reply_to:
         message["In-Reply-To"] = command.in_reply_to
         references = references or [command.in_reply_to]
+    # Only msg-ids reach the header, whatever the caller's store held.
+    references = [ref for ref in references if _is_msg_id(ref)]
     if references:
         message["References"] = " ".join(references)
     for name, value in command.headers.items():
