@@ -27,6 +27,7 @@ Limits are counted in octets of UTF-8: local part 64, whole address 254
 
 from __future__ import annotations
 
+import email.policy
 import unicodedata
 
 import idna
@@ -115,9 +116,18 @@ def needs_smtputf8(address: str) -> bool:
 
 def check_display_name(name: str | None, field: str) -> str | None:
     """``name`` if it can be a display name; :class:`InvalidCommand` if it holds a
-    line break or another control character (header injection)."""
-    if name is not None and (problem := header_text_problem(name)):
+    line break or another control character (header injection) or ``=?``."""
+    if name is None:
+        return None
+    if problem := header_text_problem(name):
         raise InvalidCommand(field, problem)
+    if "=?" in name:
+        # The email package decodes an encoded word in a display name and then
+        # writes the result unquoted: "=?utf-8?q?a=2C_b@x?=" would become a second
+        # visible address. The mailer encodes names itself; they come as plain text.
+        raise InvalidCommand(
+            field, "looks like an RFC 2047 encoded word (=?...?=): give the name as plain text"
+        )
     return name
 
 
@@ -127,12 +137,35 @@ def header_text_problem(text: str) -> str | None:
     Line breaks of any kind and control characters (tab aside, which folding
     allows) are refused: in a header they end the field and start another.
     """
+    problem = _raw_text_problem(text)
+    if problem is None and "=?" in text:
+        # The email package decodes RFC 2047 encoded words in the values it is
+        # given (as any reader would), and Python before 3.11.10 / 3.12.5 then
+        # writes a decoded CR LF out unchecked (CVE-2024-6923): "=?utf-8?q?=0D=0A?=".
+        decoded = _decoded(text)
+        if any(unicodedata.category(char) == "Cs" for char in decoded):
+            # The package then writes the field as "unknown-8bit" words, and
+            # in an address field takes the address into them.
+            return "has an encoded word (=?...?=) that cannot be decoded"
+        if decoded_problem := _raw_text_problem(decoded):
+            return f"has an encoded word (=?...?=) that {decoded_problem.removeprefix('has ')}"
+    return problem
+
+
+def _raw_text_problem(text: str) -> str | None:
     for char in text:
         if char in _LINE_BREAKS:
-            return f"contains a line break ({_escaped(char)}): not allowed in a header"
+            return f"has a line break ({_escaped(char)}): not allowed in a header"
         if unicodedata.category(char) == "Cc" and char != "\t":
-            return f"contains a control character ({_escaped(char)})"
+            return f"has a control character ({_escaped(char)})"
     return None
+
+
+def _decoded(text: str) -> str:
+    try:
+        return str(email.policy.default.header_factory("x-unstructured", text))
+    except Exception:  # the header parser has choked on odd input before (CPython bugs)
+        return text
 
 
 def _split(address: str) -> tuple[str, str]:

@@ -113,9 +113,11 @@ def _sightings(
         except ValueError:
             continue
         earlier = found.get(key)
-        # Named twice (To and Reply-To, say): one sighting, with a name if either has one.
-        name = mailbox.name or (earlier.name if earlier else None)
-        found[key] = Sighting(address, name or None, direction, at, conversation_id)
+        if earlier is None:
+            found[key] = Sighting(address, mailbox.name or None, direction, at, conversation_id)
+        elif earlier.name is None and mailbox.name:
+            # Named twice (From and Reply-To, say): one sighting, named if either is.
+            found[key] = Sighting(earlier.address, mailbox.name, direction, at, conversation_id)
     return list(found.values())
 
 

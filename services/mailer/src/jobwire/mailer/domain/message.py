@@ -34,7 +34,19 @@ The MIME tree, as mail clients expect it::
 
 Bodies are quoted-printable or base64, never 8bit, so no server needs 8BITMIME.
 Header fields are folded at 78 characters; a UTF-8 subject or display name is
-sent as RFC 2047 encoded words, or raw (RFC 6532) when the server speaks SMTPUTF8.
+sent as RFC 2047 encoded words, or raw (RFC 6532) when rendered for SMTPUTF8
+(file names stay RFC 2231-encoded even then). Message ids (References,
+In-Reply-To, Content-ID) are folded between ids, never encoded.
+
+Header injection is stopped twice. :func:`check_command` refuses line breaks
+(every character ``str.splitlines`` breaks at) and control characters in
+every text that reaches a header, also once RFC 2047 encoded words in it are
+decoded — the email package decodes them in the values it is given, and the
+Python on these machines (3.11.7) writes a decoded CR LF out as a new header
+line (CVE-2024-6923, fixed in 3.11.10 and 3.12.5) — and refuses ``=?`` in
+display names outright (decoded, they are written unquoted: ``a, b@x`` would
+be a second visible address). :func:`render` then checks every folded header
+for a line that is not a continuation, whatever the Python version.
 """
 
 from __future__ import annotations
@@ -44,7 +56,13 @@ import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from email import policy as email_policy
-from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
+from email.headerregistry import (
+    Address,
+    BaseHeader,
+    ContentDispositionHeader,
+    HeaderRegistry,
+    UnstructuredHeader,
+)
 from email.message import EmailMessage, MIMEPart
 from email.policy import Policy
 from typing import Any
@@ -103,6 +121,7 @@ _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII but '
 _MSG_ID = re.compile(r"<[!-;=?-~]+>")  # printable ASCII but '<' '>', in angle brackets
 _CONTENT_ID = re.compile(r"[!-;=?-~]+")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*")
+_NEWLINE_WITHOUT_FWS = re.compile(rb"\r\n[^ \t]|\r[^ \n\t]|\n[^ \t]|[\r\n]$")
 _ADDRESS_HEADERS = {"from": "from", "to": "to", "cc": "cc", "reply-to": "reply_to"}
 
 
@@ -123,10 +142,24 @@ class _MessageIdsHeader(UnstructuredHeader, BaseHeader):
         return policy.linesep.join(lines) + policy.linesep
 
 
+# The bases the registry combines anyway; typeshed types the two apart.
+class _ContentDispositionHeader(ContentDispositionHeader, BaseHeader):  # type: ignore[misc]
+    """Content-Disposition whose file name is RFC 2231-encoded even under SMTPUTF8.
+
+    RFC 6532 allows it raw then, but mail clients read RFC 2231 names far more
+    reliably than raw UTF-8 parameters.
+    """
+
+    def fold(self, *, policy: Policy) -> str:
+        # _POLICY is the rendering policy less utf8 (render uses no other).
+        return BaseHeader.fold(self, policy=_POLICY)
+
+
 def _header_registry() -> HeaderRegistry:
     registry = HeaderRegistry()
     for name in ("references", "in-reply-to", "content-id"):
         registry.map_to_type(name, _MessageIdsHeader)
+    registry.map_to_type("content-disposition", _ContentDispositionHeader)
     return registry
 
 
@@ -212,8 +245,9 @@ def build_message(
     """The message for a checked ``command``: headers, bodies and attachments.
 
     ``attachments`` pairs each of the command's attachments with its content.
-    ``references`` is what :func:`references_for` gave; when empty and the
-    command answers an email, References repeats In-Reply-To. Bcc is never a
+    ``references`` is what :func:`references_for` gave (what is not a msg-id
+    is left out); when empty and the command answers an email, References
+    repeats In-Reply-To. Bcc is never a
     header: those recipients are only in the envelope.
     """
     message = EmailMessage(policy=_POLICY)
@@ -244,7 +278,35 @@ def render(message: EmailMessage, *, smtputf8: bool) -> bytes:
                     raise InvalidCommand(
                         field, "the local part is not ASCII and the server does not offer SMTPUTF8"
                     )
-    return message.as_bytes(policy=_POLICY_SMTPUTF8 if smtputf8 else _POLICY)
+    policy = _POLICY_SMTPUTF8 if smtputf8 else _POLICY
+    _verify_folded_headers(message, policy)
+    return message.as_bytes(policy=policy)
+
+
+def _verify_folded_headers(message: EmailMessage, policy: Policy) -> None:
+    """Refuse a header whose folded form starts a line that is not a continuation.
+
+    :func:`check_command` refuses line breaks in what a caller gives; this is
+    the backstop for what the email package makes of it (Python 3.11.10 and
+    3.12.5 got ``policy.verify_generated_headers`` for the same reason,
+    CVE-2024-6923; this runs on every version).
+    """
+    for part in message.walk():
+        for name, value in part.items():
+            folded = policy.fold_binary(name, value).removesuffix(b"\r\n")
+            if _NEWLINE_WITHOUT_FWS.search(folded):
+                raise InvalidCommand(
+                    _field_of_header(name), "would start a new header line when written"
+                )
+
+
+def _field_of_header(name: str) -> str:
+    lowered = name.lower()
+    if lowered in _ADDRESS_HEADERS:
+        return _ADDRESS_HEADERS[lowered]
+    if lowered in ("subject", "in-reply-to"):
+        return lowered.replace("-", "_")
+    return f"headers.{name}"
 
 
 def attachment_filename(attachment: Attachment) -> str:
@@ -402,6 +464,8 @@ def _set_headers(
     if command.in_reply_to:
         message["In-Reply-To"] = command.in_reply_to
         references = references or [command.in_reply_to]
+    # Only msg-ids reach the header, whatever the caller's store held.
+    references = [ref for ref in references if _is_msg_id(ref)]
     if references:
         message["References"] = " ".join(references)
     for name, value in command.headers.items():
