@@ -17,21 +17,16 @@ from pydantic import ValidationError
 
 from jobwire.contracts.mail import AddressBookPopulateParams
 from jobwire.mailer.adapters.queue import ContactsRace, ConversationMessage, MailQueue
-from jobwire.mailer.domain.contacts import Exclusions, Sighting, merge
+from jobwire.mailer.domain.contacts import Exclusions, Sighting, merge, sightings
 from jobwire.runtime.worker import RunContext
 
 
-def sightings(message: ConversationMessage) -> list[Sighting]:
-    """Who an email shows us: the recipients of what we sent, the sender of what we got."""
+def sightings_of(message: ConversationMessage) -> list[Sighting]:
+    """The recipients of what the mailer sent; sender and recipients of what it received."""
     if message.direction == "sent":
-        return [
-            Sighting(a.address, a.name, "sent", message.at, message.conversation_id)
-            for a in message.recipients
-        ]
-    if message.sender is None:
-        return []
-    sender = message.sender
-    return [Sighting(sender.address, sender.name, "received", message.at, message.conversation_id)]
+        return sightings(message.recipients, "sent", message.at, message.conversation_id)
+    mailboxes = [message.sender, *message.recipients] if message.sender else message.recipients
+    return sightings(mailboxes, "received", message.at, message.conversation_id)
 
 
 class AddressBook:
@@ -52,7 +47,7 @@ class AddressBook:
             batch = await self.queue.contacts_todo(params.batch_size)
             if not batch:
                 break
-            seen = [s for m in batch for s in sightings(m)]
+            seen = [s for m in batch for s in sightings_of(m)]
             kept = [s for s in seen if not exclusions.excluded(s.address)]
             contacts = merge(kept)
             try:

@@ -42,9 +42,9 @@ from jobwire.mailer.adapters.smtp import (
     Stale,
     transact,
 )
-from jobwire.mailer.domain.addresses import InvalidCommand
+from jobwire.mailer.domain.addresses import InvalidCommand, needs_smtputf8, normalize_address
 from jobwire.mailer.domain.delivery import AttemptResult, Reply, settle
-from jobwire.mailer.domain.message import build_message, render
+from jobwire.mailer.domain.message import build_message, check_without_smtputf8, render
 from jobwire.mailer.settings import MailerOptions
 from jobwire.runtime.logs import get_logger
 from jobwire.runtime.secrets import SecretNotFound
@@ -202,10 +202,29 @@ class Sender:
             references=email.references,
             attachments=attachments,
         )
-        envelope_from = (email.command.from_ or sender_address).address
+        envelope_from = normalize_address((email.command.from_ or sender_address).address)
+        # SMTPUTF8 only where an address needs it: raw UTF-8 headers would make a
+        # server that offers it but relays to one that does not bounce the email.
+        needs_utf8 = bool(check_without_smtputf8(email.command)) or needs_smtputf8(envelope_from)
 
-        def rendered(smtputf8: bool) -> bytes:
-            return render(message, smtputf8=smtputf8)
+        def rendered(offered: bool) -> bytes:
+            if needs_utf8 and not offered:
+                problems = check_without_smtputf8(email.command)
+                raise (
+                    problems[0]
+                    if problems
+                    else InvalidCommand(
+                        "from", "the local part is not ASCII and the server does not offer SMTPUTF8"
+                    )
+                )
+            data = render(message, smtputf8=needs_utf8)
+            if len(data) > account.max_message_bytes:
+                raise InvalidCommand(
+                    "attachments",
+                    f"the message is {len(data)} bytes; the account {email.account!r} sends "
+                    f"at most {account.max_message_bytes}",
+                )
+            return data
 
         for reuse in (True, False):
             try:

@@ -168,8 +168,9 @@ async def transact(
 ) -> AttemptResult:
     """One SMTP transaction: MAIL, a RCPT per recipient, DATA.
 
-    ``render(smtputf8)`` gives the message bytes once the server's
-    extensions are known. ``before_data`` is called just before the data is
+    ``render(offered)`` gives the message bytes once it is known whether the
+    server offers SMTPUTF8 (it raises ``InvalidCommand`` if the email cannot be
+    sent here). ``before_data`` is called just before the data is
     sent: from then on the server may accept the email whatever happens to
     this process. Connection errors propagate (the caller defers); a
     connection that broke at MAIL on a reused connection raises

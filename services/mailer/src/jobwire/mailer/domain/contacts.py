@@ -89,7 +89,7 @@ class Contact:
 
 def sightings_of_sent(command: SendEmail, at: datetime) -> list[Sighting]:
     """The recipients (To, Cc, Bcc) of an email the mailer sent, as "sent"."""
-    return _sightings([*command.to, *command.cc, *command.bcc], "sent", at, command.conversation_id)
+    return sightings([*command.to, *command.cc, *command.bcc], "sent", at, command.conversation_id)
 
 
 def sightings_of_received(
@@ -97,15 +97,16 @@ def sightings_of_received(
 ) -> list[Sighting]:
     """From, Reply-To, To and Cc of a received email, as "received" (see the module docstring)."""
     mailboxes = [email.from_, *email.reply_to, *email.to, *email.cc]
-    return _sightings(mailboxes, "received", at, conversation_id)
+    return sightings(mailboxes, "received", at, conversation_id)
 
 
-def _sightings(
+def sightings(
     mailboxes: Sequence[EmailAddress],
     direction: Direction,
     at: datetime,
     conversation_id: str | None,
 ) -> list[Sighting]:
+    """One sighting per address among ``mailboxes`` (unusable addresses are skipped)."""
     found: dict[str, Sighting] = {}
     for mailbox in mailboxes:
         try:
