@@ -25,6 +25,7 @@ import datetime
 import email.parser
 import email.policy
 import json
+import logging
 import os
 import threading
 import uuid
@@ -238,6 +239,9 @@ class DevMailSink(EmbeddedServer):
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        # aiosmtpd logs every SMTP command at INFO; the console gets one line per
+        # message from on_stored instead.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
         port = self.preferred_port
         if is_listening(self.host, port):
             port = free_port()
