@@ -225,7 +225,11 @@ async def test_a_script_runs_it_and_the_printed_next_steps_work(project: Path) -
         assert "sample-hello" in jobs.stdout
         hosts = _run_cli(project, "uv run jobwire hosts -o json")
         assert hosts.returncode == 0, hosts.stderr
-        assert {h["service"] for h in json.loads(hosts.stdout)} == {"scheduler", "listeners"}
+        assert {h["service"] for h in json.loads(hosts.stdout)} == {
+            "scheduler",
+            "listeners",
+            "mailer",
+        }
 
         # Something visibly happens: the sample job fires and the example app prints it.
         printed_run = await dev.until("workflow-printer: start 'hello'")
@@ -241,6 +245,13 @@ async def test_a_script_runs_it_and_the_printed_next_steps_work(project: Path) -
             timeout=30,
             description="the sample listener moved the file",
         )
+        # The sample mail (due every minute; triggered here rather than awaited):
+        # the example app asks the mailer, `mail-sender` sends it into the sink.
+        triggered = _run_cli(project, "uv run jobwire jobs trigger sample-mail")
+        assert triggered.returncode == 0, triggered.stderr
+        mailed = await dev.until("mail  → alice@example.com")
+        assert "Hello from jobwire" in mailed
+        assert list((project / ".jobwire" / "mail").glob("*.eml"))
         nc = await nats.connect(nats_url[1])
         js = nc.jetstream()
         await js.add_stream(name="DEVPROBE", subjects=["devprobe.>"])
