@@ -197,10 +197,11 @@ async def test_three_replicas_fire_5000_runs_exactly_once_while_one_is_killed_ev
 ) -> None:
     """5,000 one-shot runs come due over 7 s on three replicas. While they fire, about
     once a second the oldest replica is frozen (SIGSTOP), what it holds open in
-    PostgreSQL is noted, and it is SIGKILLed and replaced. Each kill lands wherever
-    that replica happened to be: inside a claim, between a claim's commit and its
-    relay, inside a relay between publish and delete, or idle. Afterwards there are
-    5,000 runs and 5,000 JobDue messages with the same 5,000 ids."""
+    PostgreSQL is noted, and it is SIGKILLed and replaced; the next kill waits until
+    that replacement is serving. Each kill lands wherever that replica happened to
+    be: inside a claim, between a claim's commit and its relay, inside a relay
+    between publish and delete, or idle. Afterwards there are 5,000 runs and 5,000
+    JobDue messages with the same 5,000 ids."""
     subjects = Subjects(namespace)
     store = PostgresJobStore(pool)
     per_burst = RUNS // BURSTS
@@ -232,6 +233,13 @@ async def test_three_replicas_fire_5000_runs_exactly_once_while_one_is_killed_ev
             async def decided(threshold: int = threshold) -> bool:
                 return (await counts(pool))["runs"] >= threshold
 
+            # The last replacement has to be serving before the next kill, because a
+            # replica starts in seconds on a busy machine while bursts are 0.7 s apart.
+            # Without this wait, kills would land on processes that are still
+            # importing, which proves nothing, and would leave no replica firing.
+            # With it, every SIGKILL hits a working replica and two keep working.
+            for replica in fleet.running():
+                await fleet.ready(replica)
             await wait_for(
                 decided, timeout=30, interval=0.005, description=f"{threshold} runs decided"
             )
@@ -258,6 +266,10 @@ async def test_three_replicas_fire_5000_runs_exactly_once_while_one_is_killed_ev
         await wait_for(settled, timeout=45, description="every run decided and relayed")
         settled_at = utcnow()
         survivors = fleet.running()
+        # Only a serving replica can be stopped gracefully. A SIGTERM during its
+        # imports, before serve() installs the handlers, ends it with -15.
+        for replica in survivors:
+            await fleet.ready(replica)
         exits = [await fleet.stop(r) for r in survivors]
         assert exits == [0] * len(survivors), "graceful stops exit 0"
 
