@@ -358,7 +358,12 @@ class MailQueue:
                 (message_id, direction, conversation_id, email_id, in_reply_to, refs, sender,
                  recipients, subject, at)
                 VALUES ($1, 'sent', $2, $3, $4, $5, $6, $7, $8, $9)
-                ON CONFLICT (message_id) DO NOTHING""",
+                ON CONFLICT (message_id) DO UPDATE SET
+                    -- A copy of our own email (a Cc to a watched mailbox) logged
+                    -- first as received: what we sent is the truth about it.
+                    direction = 'sent', conversation_id = EXCLUDED.conversation_id,
+                    email_id = EXCLUDED.email_id, refs = EXCLUDED.refs,
+                    recipients = EXCLUDED.recipients""",
             email.message_id,
             email.conversation_id,
             uuid.UUID(email.id),
