@@ -181,7 +181,8 @@ async def test_send_queues_once_per_idempotency_key(
         "message_id": answer["message_id"],
         "created": True,
     }
-    assert answer["message_id"].startswith("<") and answer["message_id"].endswith("@mailer.test>")
+    assert answer["message_id"].startswith("<")
+    assert answer["message_id"].endswith("@mailer.test>")
     assert await service.status(answer["id"]) == "queued"
 
     changed = {**command, "subject": "something else"}
