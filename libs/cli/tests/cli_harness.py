@@ -28,6 +28,15 @@ class ApiServer:
     tokens: dict[str, str] = field(repr=False)
 
 
+@dataclass
+class MailSystem:
+    """The scheduler and the mailer, run as whole services (``mail_system``)."""
+
+    scheduler: ApiServer  # the admin API, its tokens and database
+    mailer_url: str
+    smtp: Any  # the test SMTP server the account `default` sends to
+
+
 @dataclass(frozen=True)
 class Result:
     exit_code: int
@@ -38,8 +47,11 @@ class Result:
 class Jobwire:
     """Runs ``jobwire …`` against one API server, as a given role."""
 
-    def __init__(self, server: ApiServer, config_dir: Path) -> None:
+    def __init__(
+        self, server: ApiServer, config_dir: Path, environment: Mapping[str, str] | None = None
+    ) -> None:
         self.server = server
+        self.environment = dict(environment or {})
         # A config path that does not exist: a developer's own config must
         # not leak into the tests.
         self.config = config_dir / "config.toml"
@@ -50,6 +62,7 @@ class Jobwire:
             "JOBWIRE_TOKEN": token,
             "JOBWIRE_CONFIG": str(self.config),
             "COLUMNS": "200",
+            **self.environment,
             **extra,
         }
 
@@ -121,3 +134,20 @@ async def create_job(server: ApiServer, definition: Mapping[str, Any]) -> dict[s
     assert response.status_code == 201, response.text
     job: dict[str, Any] = response.json()
     return job
+
+
+async def run_job(server: ApiServer, name: str, timeout: float = 30.0) -> dict[str, Any]:
+    """Trigger job ``name`` through the API and wait for its run to end; the run."""
+    from jobwire.testing import wait_for
+
+    headers = {"Authorization": f"Bearer {server.tokens['admin']}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers) as client:
+        response = await client.post(f"/api/v1/jobs/{name}/trigger")
+        assert response.status_code == 201, response.text
+        run_id = response.json()["id"]
+
+        async def ended() -> dict[str, Any] | None:
+            run: dict[str, Any] = (await client.get(f"/api/v1/runs/{run_id}")).json()
+            return run if run["status"] in ("succeeded", "failed", "cancelled") else None
+
+        return await wait_for(ended, timeout=timeout, description=f"run {run_id} of {name}")

@@ -5,6 +5,10 @@ plugin) and serves its API with the kit's uvicorn server on a free port, in
 the test's event loop. ``jobwire`` runs the CLI against it: with typer's
 CliRunner in a worker thread (the CLI is synchronous; the loop must keep
 serving meanwhile), or as a real process with ``jobwire.process``.
+
+``mail_system`` runs the scheduler and the mailer as whole services
+(``run_service``), the mailer sending to the test SMTP server and checking
+tokens with the scheduler; ``jobwire_mail`` runs the CLI on both.
 """
 
 from __future__ import annotations
@@ -13,20 +17,27 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
-from cli_harness import ROLES, ApiServer, Jobwire
+from cli_harness import ROLES, ApiServer, Jobwire, MailSystem, create_job
 from starlette.routing import Mount
 
+from jobwire.mailer.main import spec as mailer_spec
+from jobwire.mailer.settings import MailerSettings
 from jobwire.runtime.broker import Broker
 from jobwire.runtime.db import connect_pool, load_migrations, migrate
+from jobwire.runtime.embedded import free_port
 from jobwire.runtime.health import HttpServer, Readiness
 from jobwire.runtime.service import ServiceContext
 from jobwire.scheduler.api import ApiContext, create_app
 from jobwire.scheduler.api.tokens import create_token
 from jobwire.scheduler.main import Scheduler, spec
 from jobwire.scheduler.settings import SchedulerSettings
+from jobwire.testing import wait_for
+from jobwire.testing.services import InProcessService
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -79,3 +90,78 @@ def jobwire_no_server(tmp_path: Path) -> Jobwire:
     """For commands that need no API (tokens): its URL leads nowhere."""
     nowhere = ApiServer("http://127.0.0.1:9", "", None, {})
     return Jobwire(nowhere, tmp_path)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def mail_system(
+    database_url: str, nats_url: str, namespace: str, smtp_server: Any
+) -> AsyncIterator[MailSystem]:
+    common: dict[str, Any] = {
+        "nats": {"url": nats_url},
+        "namespace": namespace,
+        "database_url": database_url,
+        "host": "cli-test",
+        "shutdown_grace_seconds": 5,
+    }
+    scheduler = InProcessService(
+        spec,
+        SchedulerSettings(
+            **common,
+            http_port=free_port(),
+            instance_id="cli-test-scheduler",
+            scheduler={"relay_poll_seconds": 0.1},
+        ),
+    )
+    await scheduler.start()
+    mailer: InProcessService | None = None
+    pool = await connect_pool(database_url, max_size=2)
+    try:
+        tokens = {role: await create_token(pool, f"{role}-token", role) for role in ROLES}
+        account = {
+            "host": "127.0.0.1",
+            "port": smtp_server.port,
+            "security": "none",
+            "from_address": "cases@mailer.test",
+        }
+        settings = MailerSettings(
+            **common,
+            http_port=free_port(),
+            instance_id="cli-test-mailer",
+            mailer={
+                "accounts": {"default": account},
+                "scheduler_url": scheduler.url,
+                "secrets_dir": None,
+                "relay_poll_seconds": 0.1,
+            },
+        )
+        mailer = await InProcessService(mailer_spec, settings).start()
+        async with httpx.AsyncClient(
+            base_url=mailer.url, headers={"Authorization": f"Bearer {tokens['viewer']}"}
+        ) as client:
+
+            async def serving() -> bool:
+                return (await client.get("/api/v1/mail/stats")).status_code == 200
+
+            await wait_for(serving, timeout=20, description="the mail API serving")
+        server = ApiServer(scheduler.url, database_url, pool, tokens)
+        for job_type in ("email-send", "address-book-populate"):
+            await create_job(
+                server,
+                {
+                    "name": job_type,
+                    "type": job_type,
+                    "schedule": {"kind": "cron", "expression": "0 3 1 1 *", "timezone": "UTC"},
+                    "params": {},
+                },
+            )
+        yield MailSystem(server, mailer.url, smtp_server)
+    finally:
+        if mailer is not None:
+            await mailer.stop()
+        await scheduler.stop()
+        await pool.close()
+
+
+@pytest.fixture
+def jobwire_mail(mail_system: MailSystem, tmp_path: Path) -> Jobwire:
+    return Jobwire(mail_system.scheduler, tmp_path, {"JOBWIRE_MAILER_URL": mail_system.mailer_url})

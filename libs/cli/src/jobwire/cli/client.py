@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import httpx
@@ -19,6 +19,7 @@ from jobwire.cli.config import shown_url
 # Pages are fetched at the API's largest page size.
 PAGE_SIZE = 500
 JSON = dict[str, Any]
+_SCHEDULER_URL_HINT = "Set JOBWIRE_API_URL or --api-url"
 
 
 class CliError(Exception):
@@ -69,7 +70,11 @@ class ApiError(CliError):
 
     @classmethod
     def from_response(
-        cls, response: httpx.Response, hint: str | None = None, called: str | None = None
+        cls,
+        response: httpx.Response,
+        hint: str | None = None,
+        called: str | None = None,
+        foreign: str = f"the scheduler's URL? {_SCHEDULER_URL_HINT}",
     ) -> ApiError:
         try:
             body = response.json()
@@ -81,9 +86,7 @@ class ApiError(CliError):
             return cls(
                 response.status_code,
                 response.reason_phrase or "HTTP error",
-                hint=hint
-                or "not an answer of the jobwire API: is this the scheduler's URL? "
-                "Set JOBWIRE_API_URL or --api-url",
+                hint=hint or f"not an answer of the jobwire API: is this {foreign}",
                 called=called,
             )
         errors = [
@@ -117,6 +120,11 @@ class ApiClient:
     ``transport`` lets a test talk to an app in-process; the CLI uses the network.
     """
 
+    # How errors name this API and say where to point the CLI instead.
+    what = "the jobwire API"
+    where_hint = "is the scheduler running (`make run` in the project)? " + _SCHEDULER_URL_HINT
+    foreign_hint = f"the scheduler's URL? {_SCHEDULER_URL_HINT}"
+
     def __init__(
         self,
         base_url: str,
@@ -135,7 +143,7 @@ class ApiClient:
             base_url=base_url, headers=headers, timeout=timeout, transport=transport
         )
 
-    def __enter__(self) -> ApiClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -169,19 +177,19 @@ class ApiClient:
             )
         except httpx.ConnectError as exc:
             raise ApiUnreachable(
-                f"cannot reach the jobwire API at {where} ({_reason(exc)}); "
-                "is the scheduler running (`make run` in the project)? "
-                "Set JOBWIRE_API_URL or --api-url"
+                f"cannot reach {self.what} at {where} ({_reason(exc)}); {self.where_hint}"
             ) from None
         except httpx.TimeoutException:
-            raise ApiUnreachable(f"the jobwire API at {where} did not answer in time") from None
+            raise ApiUnreachable(f"{self.what} at {where} did not answer in time") from None
         except httpx.TransportError as exc:
-            raise ApiUnreachable(f"talking to the jobwire API at {where}: {_reason(exc)}") from None
+            raise ApiUnreachable(f"talking to {self.what} at {where}: {_reason(exc)}") from None
         if response.status_code >= 400:
             hint = None
             if response.status_code == 401 and self.token_source:
                 hint = f"the token is from {self.token_source}"
-            raise ApiError.from_response(response, hint, f"{method} {where}{path}")
+            raise ApiError.from_response(
+                response, hint, f"{method} {where}{path}", self.foreign_hint
+            )
         return response
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -194,7 +202,7 @@ class ApiClient:
             return response.json()
         except ValueError:
             raise ApiUnreachable(
-                f"{shown_url(self.base_url)} did not answer with JSON: is that the jobwire API?"
+                f"{shown_url(self.base_url)} did not answer with JSON: is that {self.what}?"
             ) from None
 
     def pages(self, path: str, params: Mapping[str, Any], limit: int | None) -> Iterator[JSON]:
@@ -294,6 +302,45 @@ class ApiClient:
     def cancel_run(self, run_id: str) -> JSON:
         run: JSON = self.call("POST", f"/api/v1/runs/{quote(run_id, safe='')}/cancel")
         return run
+
+
+class MailerClient(ApiClient):
+    """The mailer's API (``/api/v1/mail``, ``/api/v1/contacts``): same token, own URL."""
+
+    what = "the mailer API"
+    where_hint = "is the mailer running (`make run` in the project)? Set JOBWIRE_MAILER_URL"
+    foreign_hint = "the mailer's URL? Set JOBWIRE_MAILER_URL"
+
+    def send_email(self, command: Mapping[str, Any]) -> JSON:
+        """Queue a SendEmail: ``{id, status, message_id, created}``."""
+        answer: JSON = self.call("POST", "/api/v1/mail", json=dict(command))
+        return answer
+
+    def list_emails(self, limit: int, **filters: Any) -> tuple[list[JSON], str | None]:
+        """Up to ``limit`` emails, newest first, page after page by cursor; and the
+        cursor of the page after them (None: no more)."""
+        items: list[JSON] = []
+        cursor: str | None = None
+        while len(items) < limit:
+            size = min(PAGE_SIZE, limit - len(items))
+            page = self.call(
+                "GET", "/api/v1/mail", params={**filters, "limit": size, "cursor": cursor}
+            )
+            items.extend(page["items"])
+            cursor = page.get("next_cursor")
+            if cursor is None:
+                break
+        return items, cursor
+
+    def get_email(self, email_id: str) -> JSON:
+        email: JSON = self.call("GET", f"/api/v1/mail/{quote(email_id, safe='')}")
+        return email
+
+    def contacts(self, prefix: str, limit: int) -> list[JSON]:
+        found: list[JSON] = self.call(
+            "GET", "/api/v1/contacts", params={"prefix": prefix, "limit": limit}
+        )
+        return found
 
 
 def _reason(exc: Exception) -> str:

@@ -10,6 +10,13 @@ command line is visible to every user of the machine (``ps``) and stays in
 shell history. The config file is ``$JOBWIRE_CONFIG``, else
 ``$XDG_CONFIG_HOME/jobwire/config.toml`` (``~/.config/jobwire/config.toml``).
 
+The mailer's API (``jobwire mail``, ``jobwire contacts``) is found the same
+way under its own names: ``JOBWIRE_MAILER_URL``, else the mailer's URL a running
+``jobwire dev`` recorded (``services.mailer``), else ``mailer_url`` in the config
+file; it has no default, as no port is the mailer's by convention. It takes the
+same token (its API asks the scheduler about it): the development token only
+goes with the mailer URL ``jobwire dev`` recorded beside it.
+
 This is the only module of the API commands that reads the environment.
 """
 
@@ -26,7 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 from jobwire.cli import devfile
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
-_KEYS = ("api_url", "token")
+MAILER_URL_VARIABLE = "JOBWIRE_MAILER_URL"
+_KEYS = ("api_url", "mailer_url", "token")
 
 
 class ConfigError(ValueError):
@@ -54,14 +62,55 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     warn: Callable[[str], None] = lambda message: None,
 ) -> ApiConfig:
+    """Where the admin API (the scheduler) is, and the token to send it."""
+    return _load(
+        api_url,
+        "JOBWIRE_API_URL",
+        "api_url",
+        lambda dev: dev.string("api_url"),
+        DEFAULT_API_URL,
+        environ,
+        warn,
+    )
+
+
+def load_mailer_config(
+    *,
+    environ: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> ApiConfig:
+    """Where the mailer's API is, and the token to send it."""
+    return _load(
+        None,
+        MAILER_URL_VARIABLE,
+        "mailer_url",
+        lambda dev: dev.service_url("mailer"),
+        None,
+        environ,
+        warn,
+    )
+
+
+def _load(
+    option: str | None,
+    variable: str,
+    key: str,
+    recorded: Callable[[devfile.DevFile], str | None],
+    default: str | None,
+    environ: Mapping[str, str] | None,
+    warn: Callable[[str], None],
+) -> ApiConfig:
     env = os.environ if environ is None else environ
     path = config_path(env)
     values = _read_file(path, warn)
     dev = devfile.running(env)
-    dev_url = dev.string("api_url") if dev else None
-    url = (
-        api_url or env.get("JOBWIRE_API_URL") or dev_url or values.get("api_url") or DEFAULT_API_URL
-    )
+    dev_url = recorded(dev) if dev else None
+    url = option or env.get(variable) or dev_url or values.get(key) or default
+    if url is None:
+        raise ConfigError(
+            f'no URL for {key.removesuffix("_url")}: set {variable}, or {key} = "…" in '
+            f"{path}, or run `jobwire dev` in this project"
+        )
     token, source = None, None
     dev_token = dev.string("token") if dev else None
     if env.get("JOBWIRE_TOKEN"):

@@ -15,8 +15,8 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
-from jobwire.cli.client import ApiClient, CliError
-from jobwire.cli.config import ConfigError, load_config
+from jobwire.cli.client import ApiClient, CliError, MailerClient
+from jobwire.cli.config import ApiConfig, ConfigError, load_config, load_mailer_config
 from jobwire.cli.output import OutputFormat, note
 
 P = ParamSpec("P")
@@ -38,16 +38,33 @@ class Cli:
 
     def client(self) -> ApiClient:
         try:
-            config = load_config(self.api_url, warn=lambda m: note(f"jobwire: warning: {m}"))
+            config = load_config(self.api_url, warn=_warn)
         except ConfigError as exc:
             raise CliError(str(exc)) from None
-        if not config.token:
-            raise CliError(
-                'no API token: set JOBWIRE_TOKEN, or token = "…" in '
-                f"{config.config_path} (an admin makes one with "
-                "`jobwire tokens create NAME --role viewer|operator|admin`)"
-            )
+        _needs_token(config)
         return ApiClient(config.api_url, config.token, token_source=config.token_source)
+
+    def mailer_client(self) -> MailerClient:
+        """A client of the mailer's API (``--api-url`` is the scheduler's, not this)."""
+        try:
+            config = load_mailer_config(warn=_warn)
+        except ConfigError as exc:
+            raise CliError(str(exc)) from None
+        _needs_token(config)
+        return MailerClient(config.api_url, config.token, token_source=config.token_source)
+
+
+def _warn(message: str) -> None:
+    note(f"jobwire: warning: {message}")
+
+
+def _needs_token(config: ApiConfig) -> None:
+    if not config.token:
+        raise CliError(
+            'no API token: set JOBWIRE_TOKEN, or token = "…" in '
+            f"{config.config_path} (an admin makes one with "
+            "`jobwire tokens create NAME --role viewer|operator|admin`)"
+        )
 
 
 def cli_of(ctx: typer.Context) -> Cli:

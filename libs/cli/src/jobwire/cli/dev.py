@@ -354,6 +354,11 @@ def _run(
                 "nats_url": nats_url,
                 "namespace": base.namespace,
                 "database_url": database_url,
+                # Each service's own API (the mailer's): the CLI finds them here.
+                "services": {
+                    spec.name: f"http://{settings.http_host}:{settings.http_port}"
+                    for spec, settings in configured
+                },
             }
         )
         record.save()
@@ -373,7 +378,7 @@ def _run(
         for script in examples:
             stack.enter_context(_example(script, nats_url, base.namespace, record))
             typer.echo(f"  example     {script}")
-        _next_steps(data, api_url, token)
+        _next_steps(data, api_url, token, "mailer" in services)
 
         setup_telemetry("jobwire-dev", VERSION, f"dev-{os.getpid()}", base.host)
         tune_garbage_collector()
@@ -402,7 +407,7 @@ def _run(
     return 0
 
 
-def _next_steps(data: Path, api_url: str | None, token: str | None) -> None:
+def _next_steps(data: Path, api_url: str | None, token: str | None, with_mailer: bool) -> None:
     if api_url is None:
         return
     typer.echo(f"Jobs Management page and admin API: {api_url}/")
@@ -415,5 +420,8 @@ def _next_steps(data: Path, api_url: str | None, token: str | None) -> None:
     if token:
         typer.echo(f"  sign in to the page with the token `{prefix} dev --print-token` prints")
     typer.echo("Next, in another terminal in this folder:")
-    for command in ("jobs list", "runs list", "hosts", "watch"):
+    commands = ["jobs list", "runs list", "hosts", "watch"]
+    if with_mailer:
+        commands.append("mail list")
+    for command in commands:
         typer.echo(f"  {prefix} {command}")

@@ -1,7 +1,8 @@
 """``.jobwire/dev.json``: what a running ``jobwire dev`` tells the other commands.
 
 ``jobwire dev`` writes it (mode 0600: it holds a development admin token) once
-its servers and services are up: the admin API's URL, NATS, the namespace,
+its servers and services are up: the admin API's URL, every service's URL
+(``services``: name → URL), NATS, the namespace,
 the database, the development SMTP sink (``smtp``: host:port, ``mail_dir``),
 the token, and the PID of every process it started. The CLI run
 inside the project reads it, so the commands ``make run`` prints work as
@@ -76,6 +77,12 @@ class DevFile:
 
     def string(self, key: str) -> str | None:
         value = self.values.get(key)
+        return value if isinstance(value, str) and value else None
+
+    def service_url(self, name: str) -> str | None:
+        """The HTTP URL of the service ``name`` (``services`` in the file)."""
+        services = self.values.get("services")
+        value = services.get(name) if isinstance(services, dict) else None
         return value if isinstance(value, str) and value else None
 
     def record(self, name: str, pid: int | None) -> None:

@@ -102,6 +102,9 @@ _STATUS_STYLES = {
     "cancelled": "yellow",
     "skipped": "dim",
     "missed": "yellow",
+    "sent": "green",
+    "sending": "cyan",
+    "deferred": "yellow",
 }
 
 
