@@ -268,7 +268,7 @@ async def test_a_graceful_stop_hands_back_the_emails_not_yet_at_data(
     await again.run()
 
     async def handed_back_sent() -> bool:
-        return await again.status(before) == "sent"
+        return bool(await again.status(before) == "sent")
 
     await wait_for(handed_back_sent, timeout=10, description="the handed-back email sent")
     assert await again.status(at_data) == "sending"
