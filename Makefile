@@ -27,6 +27,10 @@ test: install ## run the whole test suite (unit + integration on real servers); 
 fuzz: install ## the admin API fuzz test, long profile (~15 min; JOBWIRE_FUZZ_SEED=N repeats a run)
 	JOBWIRE_FUZZ_PROFILE=fuzz $(RUN) pytest services/scheduler/tests/fuzz --runxfail $(PYTEST_ARGS)
 
+.PHONY: chaos-mailer
+chaos-mailer: install ## the mailer's chaos test, full profile: 2,000 emails, 6 SIGKILLs of `jobwire mailer` replicas (CI runs 300 / 2)
+	JOBWIRE_CHAOS_PROFILE=full $(RUN) pytest services/mailer/tests/integration/test_mail_chaos.py -s $(PYTEST_ARGS)
+
 .PHONY: lint
 lint: install ## ruff lint and format check
 	$(RUN) ruff check .

@@ -388,6 +388,23 @@ def test_inline_image_is_related_to_the_html_and_referenced_by_cid() -> None:
     assert [part for part in message.walk() if part["MIME-Version"]] == [message]
 
 
+def test_a_multipart_email_renders_to_the_same_bytes_every_time() -> None:
+    """A resend after a crash in DATA must be the first copy again, boundaries and all."""
+    cmd = command(
+        html='<p>Logo: <img src="cid:logo"></p>',
+        attachments=[attachment("files/report.pdf"), attachment("l.png", content_id="logo")],
+    )
+    contents = [b"%PDF-1.7", b"\x89PNG\r\n"]
+
+    first, again = (render(build(cmd, contents), smtputf8=False) for _ in range(2))
+
+    assert first == again
+    boundaries = [p.get_boundary() for p in parsed(first).walk() if p.is_multipart()]
+    assert len(set(boundaries)) == 3, boundaries
+    other = render(build(cmd, [b"%PDF-1.6", b"\x89PNG\r\n"]), smtputf8=False)
+    assert parsed(other).get_boundary() != parsed(first).get_boundary(), "derived from content"
+
+
 def test_html_only_with_an_inline_image() -> None:
     cmd = command(
         text=None, html='<img src="cid:logo">', attachments=[attachment("l.png", content_id="logo")]

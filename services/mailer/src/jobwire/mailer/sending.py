@@ -10,6 +10,10 @@ transaction.
 Crash semantics — SMTP has no transaction spanning the server and us:
     * before DATA went out (claimed, connecting, MAIL, RCPT): nothing was
       accepted; the claim's lease runs out and another run sends it — once.
+      DATA goes out only while the lease has more than the account's
+      ``data_timeout_seconds`` left, so a send that began late (waiting for
+      a pooled connection, the rate limit, slow steps) never overlaps the
+      next sender's: it is handed back instead (``lease_short``).
     * after the server accepted DATA and before the outcome was committed:
       the email was delivered but the queue still says sending; when the
       lease runs out it is sent again. This is the one window that can
@@ -53,6 +57,10 @@ from jobwire.runtime.worker import RunContext
 log = get_logger("jobwire.mailer.sending")
 
 PROGRESS_SECONDS = 2.0
+
+
+class _LeaseRunningOut(Exception):
+    """Too little of the claim's lease is left for DATA: hand the email back unsent."""
 
 
 class Sender:
@@ -138,10 +146,21 @@ class Sender:
 
         def data_started() -> None:
             nonlocal started_data
+            pool = self.pools.get(email.account)
+            left = (email.due_at - utcnow()).total_seconds()
+            if pool is not None and left <= pool.account.data_timeout_seconds:
+                # DATA could still be under way when the lease ends and another
+                # sender takes the email: a duplicate no crash caused.
+                raise _LeaseRunningOut
             started_data = True
 
         try:
             result = await self._attempt(email, data_started)
+        except _LeaseRunningOut:
+            await self.queue.release(email, utcnow())
+            counts["lease_short"] += 1
+            log.warning("mailer.lease_short", email_id=email.id, attempt=email.attempts)
+            return
         except asyncio.CancelledError:
             if not started_data:
                 # Nothing went out: hand it back now rather than after the lease.

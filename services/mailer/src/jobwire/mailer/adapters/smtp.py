@@ -172,7 +172,9 @@ async def transact(
     server offers SMTPUTF8 (it raises ``InvalidCommand`` if the email cannot be
     sent here). ``before_data`` is called just before the data is
     sent: from then on the server may accept the email whatever happens to
-    this process. Connection errors propagate (the caller defers); a
+    this process; an exception it raises abandons the transaction unsent
+    (it propagates, and the pool drops the connection). Connection errors
+    propagate (the caller defers); a
     connection that broke at MAIL on a reused connection raises
     :class:`Stale` so that the caller can retry on a fresh one.
     """

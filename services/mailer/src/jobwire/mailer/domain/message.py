@@ -51,6 +51,7 @@ for a line that is not a continuation, whatever the Python version.
 
 from __future__ import annotations
 
+import hashlib
 import mimetypes
 import re
 from collections.abc import Iterator, Sequence
@@ -260,7 +261,32 @@ def build_message(
             # The email package repeats MIME-Version in the parts it creates;
             # RFC 2045 4 wants it once, at the top.
             del part["MIME-Version"]
+    _set_boundaries(message, message_id)
     return message
+
+
+def _set_boundaries(message: EmailMessage, message_id: str) -> None:
+    """Give every multipart a boundary derived from its content, not a random one.
+
+    A resend (a crash after the server accepted DATA) must be the same bytes
+    as the first copy, and the email package draws each boundary at random
+    when it writes. A hash of the message id and of everything the part
+    holds cannot occur in that content, so no caller-chosen body can end a
+    part early (the Message-ID alone is predictable from the key). Inner
+    parts first: their boundaries are part of what the outer ones hash.
+    """
+    for part in reversed(list(message.walk())):
+        if not part.is_multipart():
+            continue
+        digest = hashlib.sha256(message_id.encode())
+        for inner in part.walk():
+            if inner is part:
+                continue
+            for name, value in inner.items():
+                digest.update(f"{name}: {value}\n".encode())
+            if not inner.is_multipart():
+                digest.update(str(inner.get_payload()).encode())
+        part.set_boundary(f"=_{digest.hexdigest()[:40]}")
 
 
 def render(message: EmailMessage, *, smtputf8: bool) -> bytes:
