@@ -191,10 +191,10 @@ class Window:
         seconds = (end if end is not None else time.perf_counter()) - self.started
         busy, total = machine_busy()
         now = self._cpu()
-        used = {
-            name: None if now[name] is None or then is None else round(now[name] - then, 2)
-            for name, then in self.cpu.items()
-        }
+        used: dict[str, float | None] = {}
+        for name, then in self.cpu.items():
+            current = now[name]
+            used[name] = None if current is None or then is None else round(current - then, 2)
         busy_s = (busy - self.busy[0]) / CLK_TCK
         total_s = max((total - self.busy[1]) / CLK_TCK, 1e-9)
         ours = sum(v for v in used.values() if v is not None)
@@ -251,6 +251,7 @@ class RssSampler:
             "second_half_max_minus_min_mib": late_spread,
             "flat_bound_mib": RSS_FLAT_BOUND_MIB,
             "flat": spread is not None and spread <= RSS_FLAT_BOUND_MIB,
+            "flat_after_warmup": late_spread is not None and late_spread <= RSS_FLAT_BOUND_MIB,
         }
 
 
@@ -644,6 +645,7 @@ async def run(env: Env, sink: SmtpSink, args: argparse.Namespace) -> dict[str, A
         "goal_met": ratio >= GOAL,
         "mailer_cpu_ms_per_email": sent["cpu_ms_per_email"]["mailer"],
         "memory_flat": sent["rss"]["flat"],
+        "memory_flat_after_warmup": sent["rss"]["flat_after_warmup"],
     }
 
 
