@@ -68,8 +68,12 @@ bench-listeners: install ## listener benchmarks (Kafka vs bare loop, 10k files, 
 	$(RUN) python bench/listeners_servicebus.py --out bench/results/listeners.json
 	$(RUN) python bench/listeners_imap.py --out bench/results/listeners.json
 
+.PHONY: bench-mailer
+bench-mailer: install ## mailer benchmark (10k emails, 1 in 10 with 100 KB attached, vs a bare aiosmtplib loop) → bench/results/mailer.json
+	$(RUN) python bench/mailer.py --out bench/results/mailer.json
+
 .PHONY: bench
-bench: install bench-scheduler bench-api bench-listeners ## every benchmark → bench/results/*.json
+bench: install bench-scheduler bench-api bench-listeners bench-mailer ## every benchmark → bench/results/*.json
 	$(RUN) python bench/kit_publish.py --out bench/results/kit.json
 
 # The bench group goes into an environment of its own (git-ignored): `make install`

@@ -95,6 +95,8 @@ class Sender:
             )
         accounts = params.accounts or sorted(self.pools)
         capacity = sum(self.pools[a].account.max_connections for a in accounts) * 2
+        # Claim in batches, not one email per finished send: a claim is a transaction.
+        refill = max(1, capacity // 4)
         counts: Counter[str] = Counter()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + params.max_seconds
@@ -110,7 +112,7 @@ class Sender:
                 )
                 claimed: list[QueuedEmail] = []
                 free = capacity - len(sending)
-                if open_to_more and free > 0:
+                if open_to_more and free >= refill:
                     claimed = await self.queue.claim(
                         self.owner,
                         self.host,
