@@ -166,10 +166,15 @@ def install(app: FastAPI, service: str) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
+        title = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}.get(
+            exc.status_code, "Error"
+        )
         detail = exc.detail if isinstance(exc.detail, str) else None
         headers = dict(exc.headers) if exc.headers else None
-        return problem_response(exc.status_code, title, detail, headers=headers)
+        # FastAPI's own 400 is a body json.loads refused (e.g. an integer past
+        # Python's 4300-digit limit): still a refusal that names what to fix.
+        errors = [("body", detail or "cannot be read")] if exc.status_code == 400 else []
+        return problem_response(exc.status_code, title, detail, errors=errors, headers=headers)
 
     @app.exception_handler(OverflowError)
     async def _overflow(_: Request, exc: OverflowError) -> JSONResponse:
