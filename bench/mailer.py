@@ -63,7 +63,6 @@ from _smtp_sink import SmtpSink
 from api import Env, private_servers
 
 from jobwire.contracts.envelope import decode
-from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.mail import SendEmail
 from jobwire.contracts.objects import EmailAddress
 from jobwire.contracts.runs import RunFinished
@@ -72,6 +71,7 @@ from jobwire.mailer.domain.message import build_message, message_id, render
 from jobwire.runtime.broker import Broker, Outgoing
 from jobwire.runtime.embedded import child_options, free_port
 from jobwire.runtime.settings import ServiceSettings
+from jobwire.testing import job_due
 from jobwire.testing.databases import scratch_database
 
 PACKAGES = ("jobwire-mailer", "jobwire-runtime", "aiosmtplib", "asyncpg", "nats-py")
@@ -381,18 +381,7 @@ async def intake(
 async def mailer_run(
     setup: Setup, broker: Broker, pool: asyncpg.Pool, pid: int, n: int, pids: dict[str, int | None]
 ) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    due = JobDue(
-        run_id=f"run-{uuid.uuid4().hex[:16]}",
-        job_id="job-email-send",
-        job_name="email-send",
-        job_type="email-send",
-        scheduled_for=now,
-        fired_at=now,
-        attempt=1,
-        timeout_seconds=3600,
-        params={"max_emails": n, "max_seconds": 3600},
-    )
+    due = job_due("email-send", {"max_emails": n, "max_seconds": 3600}, timeout_seconds=3600)
     finished: asyncio.Future[tuple[float, RunFinished]] = asyncio.get_running_loop().create_future()
 
     async def on_finished(msg: Any) -> None:

@@ -41,7 +41,6 @@ from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from jobwire.contracts.envelope import decode
-from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.listeners import ListenerDefinition
 from jobwire.contracts.mail import SendEmail, email_id
 from jobwire.contracts.objects import EmailObject
@@ -57,7 +56,7 @@ from jobwire.mailer.settings import MailerSettings
 from jobwire.runtime.broker import Broker
 from jobwire.runtime.db import connect_pool
 from jobwire.runtime.service import run_services
-from jobwire.testing import wait_for
+from jobwire.testing import job_due, wait_for
 from jobwire.testing.dovecot import DovecotServer, ImapAccount, ImapTestClient
 from jobwire.testing.postfix import PostfixServer
 
@@ -101,17 +100,7 @@ class MailPath:
 
     async def run(self, job_type: str, **params: Any) -> RunFinished:
         """One run of ``job_type`` as the scheduler fires it, waited for to its end."""
-        now = datetime.now(UTC)
-        due = JobDue(
-            run_id=f"run-{uuid.uuid4().hex[:16]}",
-            job_id=f"job-{job_type}",
-            job_name=job_type,
-            job_type=job_type,
-            scheduled_for=now,
-            fired_at=now,
-            attempt=1,
-            params=params,
-        )
+        due = job_due(job_type, params)
         await self.broker.publish(self.broker.subjects.job_due(job_type), due, msg_id=due.run_id)
         subject = self.broker.subjects.run_event(due.run_id, RunEvent.FINISHED)
         stream = self.broker.subjects.stream_name(Stream.RUNS)

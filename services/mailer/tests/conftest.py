@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import pytest_asyncio
 from nats.js.errors import NotFoundError
 
 from jobwire.contracts.envelope import decode
-from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.mail import MAIL_EVENT_MODELS, EmailEvent, MailEvent, SendEmail, email_id
 from jobwire.contracts.runs import RunFinished
 from jobwire.contracts.subjects import RunEvent, Stream
@@ -32,7 +30,7 @@ from jobwire.mailer.settings import MailerSettings
 from jobwire.runtime.broker import Broker
 from jobwire.runtime.embedded import free_port
 from jobwire.runtime.service import run_service
-from jobwire.testing import wait_for
+from jobwire.testing import job_due, wait_for
 
 
 class Mailer:
@@ -59,17 +57,7 @@ class Mailer:
         self, job_type: str = "email-send", timeout: float = 30.0, **params: Any
     ) -> RunFinished:
         """One run of ``job_type``, as the scheduler would fire it; its RunFinished."""
-        now = datetime.now(UTC)
-        due = JobDue(
-            run_id=f"run-{uuid.uuid4().hex[:16]}",
-            job_id=f"job-{job_type}",
-            job_name=job_type,
-            job_type=job_type,
-            scheduled_for=now,
-            fired_at=now,
-            attempt=1,
-            params=params,
-        )
+        due = job_due(job_type, params)
         await self.broker.publish(self.broker.subjects.job_due(job_type), due, msg_id=due.run_id)
         finished = await wait_for(
             lambda: self.last(

@@ -33,10 +33,8 @@ import json
 import os
 import signal
 import sys
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +44,13 @@ import pytest_asyncio
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from jobwire.contracts.envelope import utcnow
-from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.mail import SendEmail, email_id
 from jobwire.contracts.subjects import Stream
 from jobwire.mailer.settings import MailerSettings
 from jobwire.runtime.broker import Broker, Outgoing
 from jobwire.runtime.db import connect_pool
 from jobwire.runtime.mail_sink import MailDrop
-from jobwire.testing import wait_for
+from jobwire.testing import job_due, wait_for
 from jobwire.testing.fleet import Fleet, Instance
 
 pytestmark = pytest.mark.integration
@@ -138,17 +135,7 @@ async def fire_runs(client: Broker, stop: asyncio.Event) -> int:
     """Publish an `email-send` JobDue every RUN_EVERY seconds until ``stop``; how many."""
     fired = 0
     while not stop.is_set():
-        now = datetime.now(UTC)
-        due = JobDue(
-            run_id=f"run-{uuid.uuid4().hex[:16]}",
-            job_id="job-email-send",
-            job_name="email-send",
-            job_type="email-send",
-            scheduled_for=now,
-            fired_at=now,
-            attempt=1,
-            params={"max_seconds": 10},
-        )
+        due = job_due("email-send", {"max_seconds": 10})
         await client.publish(client.subjects.job_due("email-send"), due, msg_id=due.run_id)
         fired += 1
         with contextlib.suppress(TimeoutError):

@@ -22,7 +22,6 @@ import pytest
 import pytest_asyncio
 
 from jobwire.contracts.envelope import utcnow
-from jobwire.contracts.jobs import JobDue
 from jobwire.contracts.mail import MailEvent
 from jobwire.contracts.runs import RunProgress
 from jobwire.contracts.subjects import RunEvent
@@ -35,7 +34,7 @@ from jobwire.mailer.sending import Sender
 from jobwire.mailer.settings import MailerOptions, SmtpAccount
 from jobwire.runtime.db import connect_pool
 from jobwire.runtime.secrets import Secrets
-from jobwire.testing import wait_for
+from jobwire.testing import job_due, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -229,17 +228,7 @@ async def test_a_graceful_stop_hands_back_the_emails_not_yet_at_data(
     at_data = await service.send(command(to=[{"address": "slow-data@example.com"}]))
     for email_id in (before, at_data):
         await service.event(email_id, MailEvent.QUEUED)
-    now = utcnow()
-    due = JobDue(
-        run_id=f"run-{uuid.uuid4().hex[:16]}",
-        job_id="job-email-send",
-        job_name="email-send",
-        job_type="email-send",
-        scheduled_for=now,
-        fired_at=now,
-        attempt=1,
-        params={},
-    )
+    due = job_due("email-send")
     await service.broker.publish(
         service.broker.subjects.job_due("email-send"), due, msg_id=due.run_id
     )

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -292,6 +292,60 @@ def terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
         process.wait()
 
 
+def wait_started(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    *,
+    name: str,
+    timeout: float,
+    tail: Callable[[], str],
+) -> None:
+    """Poll ``ready()`` until it holds; :class:`EmbeddedServerError` naming ``name`` and
+    the log's ``tail()`` if ``process`` exits first or ``timeout`` passes.
+
+    The caller stops the process when this raises (stopping one that exited is a no-op).
+    """
+    deadline = time.monotonic() + timeout
+    while not ready():
+        code = process.poll()
+        if code is not None:
+            raise EmbeddedServerError(f"{name} exited with code {code} while starting; {tail()}")
+        if time.monotonic() >= deadline:
+            raise EmbeddedServerError(f"{name} was not ready within {timeout:g} s; {tail()}")
+        time.sleep(_POLL_INTERVAL)
+
+
+def terminate_all(
+    process: subprocess.Popen[bytes],
+    others: Sequence[int],
+    ports: Sequence[int],
+    *,
+    name: str,
+    timeout: float,
+) -> None:
+    """Stop a master ``process`` and the daemons it started (``others``, by PID):
+    SIGTERM, SIGKILL what is left after ``timeout``; return once ``ports`` are closed
+    (a daemon closes its copy of a listening socket a moment after the master)."""
+    terminate(process, timeout)
+    deadline = time.monotonic() + timeout
+    for pid in others:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in others:
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(_POLL_INTERVAL)
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    while any(is_listening(LOOPBACK, port) for port in ports):
+        if time.monotonic() >= deadline:
+            raise EmbeddedServerError(
+                f"{name}'s ports {'/'.join(map(str, ports))} still open {timeout:g} s after "
+                f"its master (pid {process.pid}) exited"
+            )
+        time.sleep(_POLL_INTERVAL)
+
+
 class NatsServer(EmbeddedServer):
     """A ``nats-server`` with JetStream on 127.0.0.1, storing under ``store_dir``.
 
@@ -338,22 +392,17 @@ class NatsServer(EmbeddedServer):
                 stderr=subprocess.STDOUT,
                 **child_options(),
             )
-        deadline = time.monotonic() + timeout
-        while not is_listening(LOOPBACK, self.port):
-            code = self._process.poll()
-            if code is not None:
-                self._process = None
-                raise EmbeddedServerError(
-                    f"nats-server exited with code {code} while starting on port "
-                    f"{self.port}; {_log_tail(self.log_path, log_offset)}"
-                )
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise EmbeddedServerError(
-                    f"nats-server did not accept connections on port {self.port} within "
-                    f"{timeout:.0f} s; {_log_tail(self.log_path, log_offset)}"
-                )
-            time.sleep(_POLL_INTERVAL)
+        try:
+            wait_started(
+                self._process,
+                lambda: is_listening(LOOPBACK, self.port),
+                name=f"nats-server on port {self.port}",
+                timeout=timeout,
+                tail=lambda: _log_tail(self.log_path, log_offset),
+            )
+        except EmbeddedServerError:
+            self.stop()
+            raise
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM the server, SIGKILL it if it has not exited after ``timeout``.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from jobwire.testing.jetstream import purge_namespace
     from jobwire.testing.kafka import TansuBroker, create_topic, delete_topics, wait_kafka_ready
+    from jobwire.testing.runs import job_due
     from jobwire.testing.signals import with_signals
     from jobwire.testing.waiting import wait_for
 
@@ -20,6 +21,7 @@ __all__ = [
     "TansuBroker",
     "create_topic",
     "delete_topics",
+    "job_due",
     "purge_namespace",
     "wait_for",
     "wait_kafka_ready",
@@ -30,6 +32,7 @@ _MODULES = {
     "TansuBroker": "kafka",
     "create_topic": "kafka",
     "delete_topics": "kafka",
+    "job_due": "runs",
     "purge_namespace": "jetstream",
     "wait_for": "waiting",
     "wait_kafka_ready": "kafka",

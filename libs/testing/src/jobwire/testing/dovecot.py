@@ -32,7 +32,6 @@ import signal
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +45,8 @@ from jobwire.runtime.embedded import (
     child_options,
     free_port,
     is_listening,
-    pid_alive,
-    terminate,
+    terminate_all,
+    wait_started,
 )
 
 __all__ = ["DovecotServer", "ImapAccount", "ImapTestClient", "find_dovecot", "self_signed_ca"]
@@ -285,22 +284,17 @@ class DovecotServer(EmbeddedServer):
                 # Its own session, and it dies with us (a killed test run).
                 **child_options(),
             )
-        deadline = time.monotonic() + timeout
-        while not (
-            is_listening(LOOPBACK, self.imap_port) and is_listening(LOOPBACK, self.imaps_port)
-        ):
-            if self._process.poll() is not None:
-                code, self._process = self._process.returncode, None
-                raise EmbeddedServerError(
-                    f"dovecot exited with code {code} while starting; {self._tail(offset)}"
-                )
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise EmbeddedServerError(
-                    f"dovecot did not listen on {self.imap_port}/{self.imaps_port} within "
-                    f"{timeout:g} s; {self._tail(offset)}"
-                )
-            time.sleep(_POLL_INTERVAL)
+        try:
+            wait_started(
+                self._process,
+                lambda: all(is_listening(LOOPBACK, p) for p in (self.imap_port, self.imaps_port)),
+                name=f"dovecot on {self.imap_port}/{self.imaps_port}",
+                timeout=timeout,
+                tail=lambda: self._tail(offset),
+            )
+        except EmbeddedServerError:
+            self.stop()
+            raise
         (self.directory / self.INFO_FILE).write_text(
             json.dumps({"imap_port": self.imap_port, "imaps_port": self.imaps_port})
         )
@@ -317,26 +311,13 @@ class DovecotServer(EmbeddedServer):
         process, self._process = self._process, None
         if process is None:
             return
-        children = _children(process.pid)
-        terminate(process, timeout)
-        deadline = time.monotonic() + timeout
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        for pid in children:
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(_POLL_INTERVAL)
-            if pid_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        # Login and imap processes close their listening copies a moment after the master.
-        while is_listening(LOOPBACK, self.imap_port) or is_listening(LOOPBACK, self.imaps_port):
-            if time.monotonic() >= deadline:
-                raise EmbeddedServerError(
-                    f"dovecot's ports {self.imap_port}/{self.imaps_port} still open "
-                    f"{timeout:g} s after its master (pid {process.pid}) exited"
-                )
-            time.sleep(_POLL_INTERVAL)
+        terminate_all(
+            process,
+            _children(process.pid),
+            (self.imap_port, self.imaps_port),
+            name="dovecot",
+            timeout=timeout,
+        )
 
     def add_user(self, user: str | None = None, password: str | None = None) -> ImapAccount:
         """Add a mailbox user (``u<hex>@jobwire.test`` and a random password unless given)."""

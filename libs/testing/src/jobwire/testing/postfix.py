@@ -34,7 +34,6 @@ import pwd
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -49,7 +48,8 @@ from jobwire.runtime.embedded import (
     free_port,
     is_listening,
     pid_alive,
-    terminate,
+    terminate_all,
+    wait_started,
 )
 from jobwire.testing.dovecot import DovecotServer, ImapAccount, self_signed_ca
 
@@ -166,22 +166,17 @@ class PostfixServer(EmbeddedServer):
                 stderr=subprocess.STDOUT,
                 **child_options(),
             )
-        deadline = time.monotonic() + timeout
-        while not (
-            is_listening(LOOPBACK, self.smtp_port) and is_listening(LOOPBACK, self.smtps_port)
-        ):
-            if self._process.poll() is not None:
-                code, self._process = self._process.returncode, None
-                raise EmbeddedServerError(
-                    f"postfix's master exited with code {code} while starting; {self._tail(offset)}"
-                )
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise EmbeddedServerError(
-                    f"postfix did not listen on {self.smtp_port}/{self.smtps_port} within "
-                    f"{timeout:g} s; {self._tail(offset)}"
-                )
-            time.sleep(_POLL_INTERVAL)
+        try:
+            wait_started(
+                self._process,
+                lambda: all(is_listening(LOOPBACK, p) for p in (self.smtp_port, self.smtps_port)),
+                name=f"postfix's master on {self.smtp_port}/{self.smtps_port}",
+                timeout=timeout,
+                tail=lambda: self._tail(offset),
+            )
+        except EmbeddedServerError:
+            self.stop()
+            raise
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the master by PID (it passes the signal on to its daemons), SIGKILL
@@ -190,27 +185,14 @@ class PostfixServer(EmbeddedServer):
         process, self._process = self._process, None
         if process is None:
             return
-        terminate(process, timeout)
-        deadline = time.monotonic() + timeout
         # Every daemon of this instance is in the master's session (start_new_session).
-        members = session_processes(process.pid)
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        for pid in members:
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(_POLL_INTERVAL)
-            if pid_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        # An smtpd closes its copy of the listening socket a moment after the master.
-        while is_listening(LOOPBACK, self.smtp_port) or is_listening(LOOPBACK, self.smtps_port):
-            if time.monotonic() >= deadline:
-                raise EmbeddedServerError(
-                    f"postfix's ports {self.smtp_port}/{self.smtps_port} still open "
-                    f"{timeout:g} s after its master (pid {process.pid}) exited"
-                )
-            time.sleep(_POLL_INTERVAL)
+        terminate_all(
+            process,
+            session_processes(process.pid),
+            (self.smtp_port, self.smtps_port),
+            name="postfix",
+            timeout=timeout,
+        )
 
     def add_mailbox(
         self, address: str | None = None, *, domain: str | None = None, password: str | None = None

@@ -45,7 +45,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -61,6 +60,7 @@ from jobwire.runtime.embedded import (
     EmbeddedServerError,
     child_options,
     terminate,
+    wait_started,
 )
 from jobwire.runtime.mail_sink import ACCEPTED, MailDrop, MailDropHandler, StoredMessage
 from jobwire.testing.dovecot import self_signed_ca
@@ -587,21 +587,17 @@ class SmtpServer(EmbeddedServer):
                 # Its own session, and it dies with us (a killed test run).
                 **child_options(),
             )
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            code = self._process.poll()
-            if code is not None:
-                self._process = None
-                raise EmbeddedServerError(
-                    f"SMTP server exited with code {code} while starting; "
-                    f"{_tail(self.log_path, offset)}"
-                )
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise EmbeddedServerError(
-                    f"SMTP server not listening after {timeout:g} s; {_tail(self.log_path, offset)}"
-                )
-            time.sleep(_POLL_INTERVAL)
+        try:
+            wait_started(
+                self._process,
+                ready.exists,
+                name="SMTP server",
+                timeout=timeout,
+                tail=lambda: _tail(self.log_path, offset),
+            )
+        except EmbeddedServerError:
+            self.stop()
+            raise
         bound = json.loads(ready.read_text())
         self.config.port = int(bound["port"])
         if bound["tls_port"] is not None:

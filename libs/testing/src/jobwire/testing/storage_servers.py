@@ -25,7 +25,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from jobwire.runtime.embedded import (
     free_port,
     is_listening,
     terminate,
+    wait_started,
 )
 
 __all__ = [
@@ -92,15 +92,7 @@ def _wait_until(
     log_path: Path,
     timeout: float,
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if process.poll() is not None:
-            raise EmbeddedServerError(
-                f"{name} exited with code {process.returncode} while starting; {_tail(log_path)}"
-            )
-        if time.monotonic() >= deadline:
-            raise EmbeddedServerError(f"{name} not ready after {timeout:g} s; {_tail(log_path)}")
-        time.sleep(_POLL_INTERVAL)
+    wait_started(process, ready, name=name, timeout=timeout, tail=lambda: _tail(log_path))
 
 
 # ------------------------------------------------------------------ SeaweedFS
