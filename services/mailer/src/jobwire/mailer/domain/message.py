@@ -161,7 +161,11 @@ class _ContentDispositionHeader(ContentDispositionHeader, BaseHeader):  # type: 
 
 
 class _HeaderRegistry(HeaderRegistry):
-    """The registry of the mailer's policies, parsing each of the MIME headers once.
+    """The registry of the mailer's policies: its header classes made once, and
+    each of the MIME headers parsed once.
+
+    The standard registry creates a new class for every header it parses,
+    which costs more than parsing most values.
 
     Every message has the same MIME-Version, Content-Transfer-Encoding and
     body Content-Type values (set as text by the email package), and parsing
@@ -179,6 +183,17 @@ class _HeaderRegistry(HeaderRegistry):
             self.map_to_type(name, _MessageIdsHeader)
         self.map_to_type("content-disposition", _ContentDispositionHeader)
         self._parse_shared = functools.lru_cache(maxsize=128)(super().__call__)
+        # Keyed by the registered class, not the header name: names come from callers.
+        self._classes: dict[type[Any], type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        # As HeaderRegistry.__getitem__ does, once per class.
+        registered = self.registry.get(name.lower(), self.default_class)
+        combined = self._classes.get(registered)
+        if combined is None:
+            combined = type("_" + registered.__name__, (registered, self.base_class), {})
+            self._classes[registered] = combined
+        return combined
 
     def __call__(self, name: str, value: Any) -> BaseHeader:
         if isinstance(value, str) and name.lower() in self._SHARED:
