@@ -165,14 +165,12 @@ class _HeaderRegistry(HeaderRegistry):
     each of the MIME headers parsed once.
 
     The standard registry creates a new class for every header it parses,
-    which costs more than parsing most values.
-
-    Every message has the same MIME-Version, Content-Transfer-Encoding and
-    body Content-Type values (set as text by the email package), and parsing
-    header values is most of what building a message costs. A parsed header
-    is immutable (the message replaces it when it changes), so one can be
-    shared by every message that has the same name and value. The cache is
-    bounded: Content-Types with a boundary or a file name do not recur.
+    which costs more than parsing most values. Every message has the same
+    MIME-Version, Content-Transfer-Encoding and body Content-Type values (set
+    as text by the email package). A parsed header is immutable (the message
+    replaces it when it changes), so one can be shared by every message that
+    has the same name and value. The cache is bounded: Content-Types with a
+    boundary or a file name do not recur.
     """
 
     _SHARED = frozenset({"mime-version", "content-type", "content-transfer-encoding"})
@@ -367,11 +365,14 @@ class _VerifyingGenerator(BytesGenerator):
         for name, value in msg.raw_items():
             folded = policy.fold_binary(name, value)
             body = folded.removesuffix(b"\r\n")
-            if _NEWLINE_WITHOUT_FWS.search(body) or any(
-                len(line) > MAX_LINE_OCTETS for line in body.split(b"\r\n")
-            ):
+            if _NEWLINE_WITHOUT_FWS.search(body):
                 raise InvalidCommand(
                     _field_of_header(name), "would start a new header line when written"
+                )
+            if any(len(line) > MAX_LINE_OCTETS for line in body.split(b"\r\n")):
+                raise InvalidCommand(
+                    _field_of_header(name),
+                    f"would have a line longer than {MAX_LINE_OCTETS} octets when written",
                 )
             # What BytesGenerator writes, through the file it writes to (typeshed omits it).
             self._fp.write(folded)  # type: ignore[attr-defined]
