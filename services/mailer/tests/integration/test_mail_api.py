@@ -193,6 +193,31 @@ async def test_send_queues_once_per_idempotency_key(
     assert detail["subject"] == command["subject"]  # the first command's, not the second's
 
 
+async def test_the_same_key_again_gets_the_first_commands_answer_valid_or_not(
+    mailer, scheduler, clients, smtp_server, account
+) -> None:  # type: ignore[no-untyped-def]
+    service = await mailer(accounts={"default": account(smtp_server)}, scheduler_url=scheduler.url)
+    api = await clients(service, scheduler)
+    queued = body()
+    first = await api.operator.post("/api/v1/mail", json=queued)
+    assert first.status_code == 202, first.text
+
+    # Refused on its own (an account the mailer does not have), but the key is queued.
+    invalid_again = await api.operator.post("/api/v1/mail", json={**queued, "account": "nope"})
+    assert invalid_again.status_code == 202, invalid_again.text
+    assert invalid_again.json() == {**first.json(), "created": False}
+
+    refused = body(account="nope")
+    refused_first = await api.operator.post("/api/v1/mail", json=refused)
+    assert problem_fields(refused_first) == ["account"]
+    # Valid now, but the first command of this key was refused: refused again, for its reason.
+    valid_again = await api.operator.post("/api/v1/mail", json={**refused, "account": "default"})
+    assert valid_again.status_code == 422
+    assert problem_fields(valid_again) == ["command"]
+    assert "unknown account 'nope'" in valid_again.json()["errors"][0]["message"]
+    assert await service.status(email_id(refused["idempotency_key"])) == "failed"
+
+
 async def test_a_bad_request_is_refused_naming_what_is_wrong(
     mailer, scheduler, clients, smtp_server, account
 ) -> None:  # type: ignore[no-untyped-def]

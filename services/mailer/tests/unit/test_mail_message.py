@@ -586,6 +586,18 @@ def test_render_refuses_a_header_that_would_inject_even_if_unchecked(
     assert raised.value.field == field
 
 
+def test_render_refuses_a_header_line_longer_than_998_octets() -> None:
+    message = build(command())
+    # Not reachable through a checked command (ids are bounded): the backstop alone.
+    message["Content-ID"] = "<" + "x" * 1000 + "@example.com>"
+
+    with pytest.raises(InvalidCommand) as raised:
+        render(message, smtputf8=False)
+
+    assert raised.value.field == "headers.Content-ID"
+    assert "longer than 998 octets" in raised.value.message
+
+
 def test_build_leaves_out_references_that_are_not_msg_ids() -> None:
     refs = ["<a@x>", "b@x\r\nBcc: v@x", "<ü@x>", "<c@x>"]
 

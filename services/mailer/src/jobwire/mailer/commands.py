@@ -55,20 +55,22 @@ class Gate:
         """Queue ``command``: (its email, True if new); :class:`CommandRefused` if refused.
 
         The same idempotency key again returns the email of the first
-        command, whatever this one says.
+        command, whatever this one says: the queue's insert finds it (no
+        look-up before, new commands being the common case), and a first
+        command that was refused is refused again with its reason.
         """
-        known = await self.queue.get(email_id(command.idempotency_key))
-        if known is not None:
-            if known.status == "failed" and known.attempts == 0:
-                raise CommandRefused([InvalidCommand("command", known.last_reply or "")], known)
-            return known, False
         problems = await self.check(command, subject_account)
         accepted = await self._accepted(command)
         now = utcnow()
         if problems:
-            email, _ = await self.queue.refuse(accepted, "; ".join(map(str, problems)), now)
-            raise CommandRefused(problems, email)
-        return await self.queue.enqueue(accepted, now)
+            email, new = await self.queue.refuse(accepted, "; ".join(map(str, problems)), now)
+            if new:
+                raise CommandRefused(problems, email)
+        else:
+            email, new = await self.queue.enqueue(accepted, now)
+        if not new and email.status == "failed" and email.attempts == 0:
+            raise CommandRefused([InvalidCommand("command", email.last_reply or "")], email)
+        return email, new
 
     async def check(
         self, command: SendEmail, subject_account: str | None = None

@@ -273,106 +273,105 @@ class MailQueue:
             )
 
     async def record(self, email: QueuedEmail, settled: Settled, host: str, now: datetime) -> bool:
-        """Record how ``email``'s attempt ended, with its event; False if the claim was lost."""
+        """Record how ``email``'s attempt ended, with its event; False if the claim was lost.
+
+        One statement changes the email, its attempt and (sent) the conversation
+        log, each only if the claim is still ours; the event goes into the outbox
+        in the same transaction. Recorded for each email as soon as its server
+        answered: batching outcomes would widen the window that can send twice.
+        """
         status = settled.outcome
-        due = settled.next_attempt_at or now
-        finished = None if status == "deferred" else now
+        event = self._outcome_event(email, settled, now)
+        msg_id = f"mail:{email.id}:{status}"
+        if status == "deferred":
+            msg_id += f":{email.attempts}"
+        recipients = settled.deferred if status == "deferred" else settled.refused
+        command = email.command
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                f"""UPDATE {self.schema}.emails
-                    SET status = $3, due_at = $4, claimed_by = NULL, pending = $5,
-                        accepted = $6, refused = $7, last_code = $8, last_reply = $9,
-                        finished_at = $10
-                    WHERE id = $1 AND status = 'sending' AND attempts = $2
-                    RETURNING *""",
+            claimed = await conn.fetchval(
+                f"""WITH claimed AS (
+                        UPDATE {self.schema}.emails
+                        SET status = $3, due_at = $4, claimed_by = NULL, pending = $5,
+                            accepted = $6, refused = $7, last_code = $8, last_reply = $9,
+                            finished_at = $10
+                        WHERE id = $1 AND status = 'sending' AND attempts = $2
+                        RETURNING id
+                    ), attempt AS (
+                        UPDATE {self.schema}.attempts
+                        SET ended_at = $11, outcome = $3, code = $8, reply = $9,
+                            recipients = $12
+                        WHERE email_id = $1 AND attempt = $2 AND EXISTS (SELECT FROM claimed)
+                    ), logged AS (
+                        INSERT INTO {self.schema}.messages
+                        (message_id, direction, conversation_id, email_id, in_reply_to, refs,
+                         sender, recipients, subject, at)
+                        SELECT $13::text, 'sent', $14::text, claimed.id, $15::text, $16::text[],
+                               $17::jsonb, $18::jsonb, $19::text, $11
+                        FROM claimed WHERE $3 = 'sent'
+                        ON CONFLICT (message_id) DO UPDATE SET
+                            -- A copy of our own email (a Cc to a watched mailbox) logged
+                            -- first as received: what we sent is the truth about it.
+                            direction = 'sent', conversation_id = EXCLUDED.conversation_id,
+                            email_id = EXCLUDED.email_id, refs = EXCLUDED.refs,
+                            recipients = EXCLUDED.recipients
+                    )
+                    SELECT count(*) FROM claimed""",
                 uuid.UUID(email.id),
                 email.attempts,
                 status,
-                due,
+                settled.next_attempt_at or now,
                 settled.pending,
                 settled.accepted,
                 [r.model_dump(mode="json") for r in settled.refused],
                 settled.code,
                 settled.reason,
-                finished,
-            )
-            if row is None:
-                return False
-            recipients = settled.deferred if status == "deferred" else settled.refused
-            await conn.execute(
-                f"""UPDATE {self.schema}.attempts
-                    SET ended_at = $3, outcome = $4, code = $5, reply = $6, recipients = $7
-                    WHERE email_id = $1 AND attempt = $2""",
-                uuid.UUID(email.id),
-                email.attempts,
+                None if status == "deferred" else now,
                 now,
-                status,
-                settled.code,
-                settled.reason,
                 [r.model_dump(mode="json") for r in recipients],
+                email.message_id,
+                email.conversation_id,
+                command.in_reply_to,
+                email.references,
+                command.from_.model_dump(mode="json") if command.from_ else None,
+                _addresses([*command.to, *command.cc, *command.bcc]),
+                command.subject,
             )
-            about = self._about(email)
-            event: EmailEvent
-            if status == "sent":
-                event = EmailSent(
-                    **about,
-                    at=now,
-                    attempt=email.attempts,
-                    code=settled.code or 250,
-                    reply=settled.reason,
-                    accepted=settled.accepted,
-                    refused=settled.refused,
-                )
-                await self._log_sent(conn, email, now)
-            elif status == "deferred":
-                assert settled.next_attempt_at is not None
-                event = EmailDeferred(
-                    **about,
-                    at=now,
-                    attempt=email.attempts,
-                    code=settled.code,
-                    reason=settled.reason,
-                    next_attempt_at=settled.next_attempt_at,
-                    recipients=settled.deferred,
-                )
-            else:
-                event = EmailFailed(
-                    **about,
-                    at=now,
-                    attempt=email.attempts,
-                    code=settled.code,
-                    reason=settled.reason,
-                    recipients=settled.refused,
-                )
-            msg_id = f"mail:{email.id}:{status}"
-            if status == "deferred":
-                msg_id += f":{email.attempts}"
+            if not claimed:
+                return False
             await self._tell(conn, event, msg_id)
         self.on_outbox()
         return True
 
-    async def _log_sent(self, conn: asyncpg.Connection, email: QueuedEmail, now: datetime) -> None:
-        command = email.command
-        await conn.execute(
-            f"""INSERT INTO {self.schema}.messages
-                (message_id, direction, conversation_id, email_id, in_reply_to, refs, sender,
-                 recipients, subject, at)
-                VALUES ($1, 'sent', $2, $3, $4, $5, $6, $7, $8, $9)
-                ON CONFLICT (message_id) DO UPDATE SET
-                    -- A copy of our own email (a Cc to a watched mailbox) logged
-                    -- first as received: what we sent is the truth about it.
-                    direction = 'sent', conversation_id = EXCLUDED.conversation_id,
-                    email_id = EXCLUDED.email_id, refs = EXCLUDED.refs,
-                    recipients = EXCLUDED.recipients""",
-            email.message_id,
-            email.conversation_id,
-            uuid.UUID(email.id),
-            command.in_reply_to,
-            email.references,
-            command.from_.model_dump(mode="json") if command.from_ else None,
-            _addresses([*command.to, *command.cc, *command.bcc]),
-            command.subject,
-            now,
+    def _outcome_event(self, email: QueuedEmail, settled: Settled, now: datetime) -> EmailEvent:
+        about = self._about(email)
+        if settled.outcome == "sent":
+            return EmailSent(
+                **about,
+                at=now,
+                attempt=email.attempts,
+                code=settled.code or 250,
+                reply=settled.reason,
+                accepted=settled.accepted,
+                refused=settled.refused,
+            )
+        if settled.outcome == "deferred":
+            assert settled.next_attempt_at is not None
+            return EmailDeferred(
+                **about,
+                at=now,
+                attempt=email.attempts,
+                code=settled.code,
+                reason=settled.reason,
+                next_attempt_at=settled.next_attempt_at,
+                recipients=settled.deferred,
+            )
+        return EmailFailed(
+            **about,
+            at=now,
+            attempt=email.attempts,
+            code=settled.code,
+            reason=settled.reason,
+            recipients=settled.refused,
         )
 
     def _about(self, email: QueuedEmail) -> dict[str, Any]:

@@ -51,12 +51,14 @@ for a line that is not a continuation, whatever the Python version.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import mimetypes
 import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from email import policy as email_policy
+from email.generator import BytesGenerator
 from email.headerregistry import (
     Address,
     BaseHeader,
@@ -64,8 +66,9 @@ from email.headerregistry import (
     HeaderRegistry,
     UnstructuredHeader,
 )
-from email.message import EmailMessage, MIMEPart
+from email.message import EmailMessage, Message, MIMEPart
 from email.policy import Policy
+from io import BytesIO
 from typing import Any
 
 from jobwire.contracts.mail import Attachment, SendEmail, email_id
@@ -117,6 +120,7 @@ RESERVED_HEADERS = frozenset(
 # first id (the thread's root) and the latest ones are what clients thread by.
 MAX_REFERENCES = 20
 MAX_HEADER_NAME = 76  # the name and its colon fit on one folded line
+MAX_LINE_OCTETS = 998  # RFC 5322 2.1.1
 MAX_MSG_ID = 250  # far beyond real ones, far below the 998-octet line limit
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII but ':'
 _MSG_ID = re.compile(r"<[!-;=?-~]+>")  # printable ASCII but '<' '>', in angle brackets
@@ -156,16 +160,47 @@ class _ContentDispositionHeader(ContentDispositionHeader, BaseHeader):  # type: 
         return BaseHeader.fold(self, policy=_POLICY)
 
 
-def _header_registry() -> HeaderRegistry:
-    registry = HeaderRegistry()
-    for name in ("references", "in-reply-to", "content-id"):
-        registry.map_to_type(name, _MessageIdsHeader)
-    registry.map_to_type("content-disposition", _ContentDispositionHeader)
-    return registry
+class _HeaderRegistry(HeaderRegistry):
+    """The registry of the mailer's policies: its header classes made once, and
+    each of the MIME headers parsed once.
+
+    The standard registry creates a new class for every header it parses,
+    which costs more than parsing most values. Every message has the same
+    MIME-Version, Content-Transfer-Encoding and body Content-Type values (set
+    as text by the email package). A parsed header is immutable (the message
+    replaces it when it changes), so one can be shared by every message that
+    has the same name and value. The cache is bounded: Content-Types with a
+    boundary or a file name do not recur.
+    """
+
+    _SHARED = frozenset({"mime-version", "content-type", "content-transfer-encoding"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("references", "in-reply-to", "content-id"):
+            self.map_to_type(name, _MessageIdsHeader)
+        self.map_to_type("content-disposition", _ContentDispositionHeader)
+        self._parse_shared = functools.lru_cache(maxsize=128)(super().__call__)
+        # Keyed by the registered class, not the header name: names come from callers.
+        self._classes: dict[type[Any], type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        # As HeaderRegistry.__getitem__ does, once per class.
+        registered = self.registry.get(name.lower(), self.default_class)
+        combined = self._classes.get(registered)
+        if combined is None:
+            combined = type("_" + registered.__name__, (registered, self.base_class), {})
+            self._classes[registered] = combined
+        return combined
+
+    def __call__(self, name: str, value: Any) -> BaseHeader:
+        if isinstance(value, str) and name.lower() in self._SHARED:
+            return self._parse_shared(name, value)
+        return super().__call__(name, value)
 
 
 # cte_type 7bit: bodies become quoted-printable or base64 (see the module docstring).
-_POLICY = email_policy.SMTP.clone(header_factory=_header_registry(), cte_type="7bit")
+_POLICY = email_policy.SMTP.clone(header_factory=_HeaderRegistry(), cte_type="7bit")
 _POLICY_SMTPUTF8 = _POLICY.clone(utf8=True)
 
 
@@ -305,25 +340,44 @@ def render(message: EmailMessage, *, smtputf8: bool) -> bytes:
                         field, "the local part is not ASCII and the server does not offer SMTPUTF8"
                     )
     policy = _POLICY_SMTPUTF8 if smtputf8 else _POLICY
-    _verify_folded_headers(message, policy)
-    return message.as_bytes(policy=policy)
+    out = BytesIO()
+    # As Message.as_bytes does, with each header checked as it is written.
+    _VerifyingGenerator(out, mangle_from_=False, policy=policy).flatten(message, unixfrom=False)
+    return out.getvalue()
 
 
-def _verify_folded_headers(message: EmailMessage, policy: Policy) -> None:
-    """Refuse a header whose folded form starts a line that is not a continuation.
+class _VerifyingGenerator(BytesGenerator):
+    """A generator that refuses a folded header that is not one header field.
 
     :func:`check_command` refuses line breaks in what a caller gives; this is
     the backstop for what the email package makes of it (Python 3.11.10 and
     3.12.5 got ``policy.verify_generated_headers`` for the same reason,
-    CVE-2024-6923; this runs on every version).
+    CVE-2024-6923, checked at the same place; this runs on every version).
+    It checks the very bytes that are sent, of the message and of every MIME
+    part (the generator clones itself for the parts), each header folded
+    once: no line that is not a continuation, no bare CR or LF, no line
+    longer than RFC 5322's 998 octets.
     """
-    for part in message.walk():
-        for name, value in part.items():
-            folded = policy.fold_binary(name, value).removesuffix(b"\r\n")
-            if _NEWLINE_WITHOUT_FWS.search(folded):
+
+    def _write_headers(self, msg: Message) -> None:
+        policy = self.policy
+        assert policy is not None  # flatten sets it, to the message's if none was given
+        for name, value in msg.raw_items():
+            folded = policy.fold_binary(name, value)
+            body = folded.removesuffix(b"\r\n")
+            if _NEWLINE_WITHOUT_FWS.search(body):
                 raise InvalidCommand(
                     _field_of_header(name), "would start a new header line when written"
                 )
+            if any(len(line) > MAX_LINE_OCTETS for line in body.split(b"\r\n")):
+                raise InvalidCommand(
+                    _field_of_header(name),
+                    f"would have a line longer than {MAX_LINE_OCTETS} octets when written",
+                )
+            # What BytesGenerator writes, through the file it writes to (typeshed omits it).
+            self._fp.write(folded)  # type: ignore[attr-defined]
+        # A blank line always separates headers from body.
+        self.write(policy.linesep)
 
 
 def _field_of_header(name: str) -> str:
