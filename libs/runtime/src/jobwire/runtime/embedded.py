@@ -106,6 +106,22 @@ def _log_tail(path: Path, offset: int = 0) -> str:
     return f"last lines of {path}:\n{tail}" if tail else f"(log {path} is empty)"
 
 
+def log_tails(logs: Sequence[tuple[Path, int]], empty: str) -> str:
+    """The last lines of each log (path, byte offset) that has any, for error
+    messages about a server writing several; ``empty`` when none has."""
+    parts = []
+    for path, offset in logs:
+        try:
+            with path.open("rb") as log:
+                log.seek(offset)
+                lines = log.read().decode(errors="replace").splitlines()
+        except OSError:
+            continue
+        if lines:
+            parts.append(f"last lines of {path}:\n" + "\n".join(lines[-_LOG_TAIL_LINES:]))
+    return "\n".join(parts) or empty
+
+
 def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size

@@ -45,6 +45,7 @@ from jobwire.runtime.embedded import (
     child_options,
     free_port,
     is_listening,
+    log_tails,
     terminate_all,
     wait_started,
 )
@@ -54,7 +55,6 @@ __all__ = ["DovecotServer", "ImapAccount", "ImapTestClient", "find_dovecot", "se
 T = TypeVar("T")
 
 _POLL_INTERVAL = 0.02
-_LOG_TAIL_LINES = 30
 _DOMAIN = "jobwire.test"
 
 
@@ -444,17 +444,10 @@ mail_max_userip_connections = 1000
 """
 
     def _tail(self, offset: int) -> str:
-        parts = []
-        for path, start in ((self.log_path, offset), (self.directory / "dovecot.out", 0)):
-            try:
-                with path.open("rb") as log:
-                    log.seek(start)
-                    lines = log.read().decode(errors="replace").splitlines()
-            except OSError:
-                continue
-            if lines:
-                parts.append(f"last lines of {path}:\n" + "\n".join(lines[-_LOG_TAIL_LINES:]))
-        return "\n".join(parts) or "(no log)"
+        return log_tails(
+            [(self.log_path, offset), (self.directory / "dovecot.out", 0)],
+            "(no log)",
+        )
 
 
 def _children(pid: int) -> list[int]:

@@ -47,6 +47,7 @@ from jobwire.runtime.embedded import (
     child_options,
     free_port,
     is_listening,
+    log_tails,
     pid_alive,
     terminate_all,
     wait_started,
@@ -60,7 +61,6 @@ DOMAINS = ("cases.test", "client.test")
 customer's ("external") side."""
 
 _POLL_INTERVAL = 0.02
-_LOG_TAIL_LINES = 30
 _LOCAL_PART = re.compile(r"[a-z0-9][a-z0-9._+-]{0,63}")
 _DOMAIN_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
 
@@ -377,17 +377,10 @@ postlog   unix-dgram n - n - 1 postlogd
         return result.stdout
 
     def _tail(self, offset: int) -> str:
-        parts = []
-        for path, start in ((self.log_path, offset), (self.directory / "master.out", 0)):
-            try:
-                with path.open("rb") as log:
-                    log.seek(start)
-                    lines = log.read().decode(errors="replace").splitlines()
-            except OSError:
-                continue
-            if lines:
-                parts.append(f"last lines of {path}:\n" + "\n".join(lines[-_LOG_TAIL_LINES:]))
-        return "\n".join(parts) or "(no log; Postfix reports start-up errors to syslog only)"
+        return log_tails(
+            [(self.log_path, offset), (self.directory / "master.out", 0)],
+            "(no log; Postfix reports start-up errors to syslog only)",
+        )
 
 
 def session_processes(session: int) -> list[int]:
