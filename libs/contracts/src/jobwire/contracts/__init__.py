@@ -62,6 +62,7 @@ from jobwire.contracts.runs import (
     RunStatus,
     SkipReason,
 )
+from jobwire.contracts.search import SearchFullLoadParams, SearchIncrementalParams
 from jobwire.contracts.subjects import (
     DEFAULT_NAMESPACE,
     DeadLetterSource,
@@ -120,6 +121,8 @@ __all__ = [
     "RunSkipped",
     "RunStarted",
     "RunStatus",
+    "SearchFullLoadParams",
+    "SearchIncrementalParams",
     "SendEmail",
     "ServiceBusListenerParams",
     "SkipReason",
