@@ -473,6 +473,14 @@ class ElasticsearchEngine(_Engine):
         return _body(await self._client.get(index=index, id=id))
 
 
+def _caused_by_tls(error: object) -> bool:
+    while isinstance(error, BaseException):
+        if isinstance(error, ssl.SSLError):
+            return True
+        error = error.__cause__
+    return False
+
+
 class OpenSearchEngine(_Engine):
     """OpenSearch 2/3 through ``opensearch-py``'s async client."""
 
@@ -484,10 +492,10 @@ class OpenSearchEngine(_Engine):
         await self._client.close()
 
     def _failure(self, exc: Exception) -> _Failure | None:
-        if isinstance(exc, opensearchpy.SSLError):
-            return _Failure(None, _TLS, str(exc))
         if isinstance(exc, opensearchpy.ConnectionError):  # timeouts included
-            return _Failure(None, _CONNECTION, str(exc))
+            # A refused certificate comes as a plain ConnectionError holding aiohttp's error.
+            tls = isinstance(exc, opensearchpy.SSLError) or _caused_by_tls(exc.info)
+            return _Failure(None, _TLS if tls else _CONNECTION, str(exc))
         if isinstance(exc, opensearchpy.TransportError) and isinstance(exc.status_code, int):
             return _Failure.answer(exc.status_code, exc.info)
         return None
