@@ -1,4 +1,4 @@
-"""Start and stop real NATS and PostgreSQL server processes on loopback.
+"""Start and stop real NATS, PostgreSQL and search server processes on loopback.
 
 Shared by ``jobwire dev`` (data kept in a local folder between runs) and the test
 harness (throw-away servers on free ports). Nothing here is a fake: each class runs
@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import glob
+import importlib.util
 import os
 import pwd
 import re
@@ -40,6 +41,7 @@ __all__ = [
     "EmbeddedServerError",
     "NatsServer",
     "PostgresServer",
+    "SearchServer",
     "child_options",
     "free_port",
     "is_listening",
@@ -430,6 +432,90 @@ class NatsServer(EmbeddedServer):
 
     def __repr__(self) -> str:
         return f"NatsServer(url={self.url!r}, pid={self.pid}, store_dir={str(self.store_dir)!r})"
+
+
+def _find_osmem_server() -> str:
+    # Shipped inside the PyPI package, not on PATH; found without importing the
+    # package (it starts nothing at import, but has no type hints for mypy).
+    spec = importlib.util.find_spec("osmem_server")
+    folders = spec.submodule_search_locations if spec is not None else None
+    for folder in folders or []:
+        binary = Path(folder) / "bin" / "osmem-server"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    raise EmbeddedServerError(
+        "osmem-server not found in this environment; install the PyPI package "
+        "'osmem-server' (it is a dependency of jobwire-runtime: run `uv sync`)"
+    )
+
+
+class SearchServer(EmbeddedServer):
+    """An in-memory search server speaking the OpenSearch REST API on 127.0.0.1.
+
+    ``osmem-server`` (PyPI), not OpenSearch or Elasticsearch: neither can be
+    installed from a package registry. Its indices live in memory only, so a
+    ``stop()`` then ``start()`` on the same port is an outage that also loses
+    every document. ``log_dir`` holds its log.
+    """
+
+    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+        self.log_dir = Path(log_dir)
+        self.port = port if port is not None else free_port()
+        self.log_path = self.log_dir / "osmem-server.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running server, None when stopped."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the server and return once its port accepts connections."""
+        if self.running:
+            raise EmbeddedServerError(f"osmem-server already running (pid {self.pid})")
+        binary = _find_osmem_server()
+        _ensure_port_free(self.port, "osmem-server")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_offset = _file_size(self.log_path)
+        # By default it exits when its stdin closes; ours is /dev/null, and the
+        # parent-death signal of child_options ends it with us instead.
+        command = [binary, "-addr", f"{LOOPBACK}:{self.port}", "-no-stdin-watch"]
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **child_options(),
+            )
+        try:
+            wait_started(
+                self._process,
+                lambda: is_listening(LOOPBACK, self.port),
+                name=f"osmem-server on port {self.port}",
+                timeout=timeout,
+                tail=lambda: _log_tail(self.log_path, log_offset),
+            )
+        except EmbeddedServerError:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM the server by PID, SIGKILL it after ``timeout``; safe when not running."""
+        process, self._process = self._process, None
+        terminate(process, timeout)
+
+    def __repr__(self) -> str:
+        return f"SearchServer(url={self.url!r}, pid={self.pid}, log_dir={str(self.log_dir)!r})"
 
 
 def _version_key(path: str) -> tuple[int, ...]:
