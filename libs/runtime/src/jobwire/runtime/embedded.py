@@ -364,23 +364,23 @@ def terminate_all(
         time.sleep(_POLL_INTERVAL)
 
 
-class NatsServer(EmbeddedServer):
-    """A ``nats-server`` with JetStream on 127.0.0.1, storing under ``store_dir``.
+class _ServerProcess(EmbeddedServer):
+    """One server binary run as our child on a loopback port fixed at construction.
 
-    The port is fixed at construction, so ``stop()`` then ``start()`` brings the
-    same server back on the same port with the same JetStream data: that is how
-    tests simulate an outage.
+    ``stop()`` then ``start()`` brings the same server back on the same port:
+    that is how tests simulate an outage. Subclasses say which binary and
+    arguments; output goes to ``log_path``, whose new lines a failed start shows.
     """
 
-    def __init__(self, store_dir: Path, port: int | None = None) -> None:
-        self.store_dir = Path(store_dir)
+    program: str  # the binary's name, in messages
+
+    def __init__(self, log_path: Path, port: int | None) -> None:
         self.port = port if port is not None else free_port()
-        self.log_path = self.store_dir / "nats-server.log"
+        self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"nats://{LOOPBACK}:{self.port}"
+    def _command(self) -> list[str]:
+        raise NotImplementedError
 
     @property
     def pid(self) -> int | None:
@@ -390,18 +390,17 @@ class NatsServer(EmbeddedServer):
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self.pid is not None
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the server and return once its port accepts connections."""
         if self.running:
-            raise EmbeddedServerError(f"nats-server already running (pid {self.pid})")
-        binary = _find_nats_server()
+            raise EmbeddedServerError(f"{self.program} already running (pid {self.pid})")
+        command = self._command()
         # Otherwise the readiness check below would be answered by the other process.
-        _ensure_port_free(self.port, "nats-server")
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        _ensure_port_free(self.port, self.program)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_offset = _file_size(self.log_path)
-        command = [binary, "-a", LOOPBACK, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 command,
@@ -414,7 +413,7 @@ class NatsServer(EmbeddedServer):
             wait_started(
                 self._process,
                 lambda: is_listening(LOOPBACK, self.port),
-                name=f"nats-server on port {self.port}",
+                name=f"{self.program} on port {self.port}",
                 timeout=timeout,
                 tail=lambda: _log_tail(self.log_path, log_offset),
             )
@@ -423,12 +422,31 @@ class NatsServer(EmbeddedServer):
             raise
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM the server, SIGKILL it if it has not exited after ``timeout``.
-
-        Safe to call when the server is not running.
-        """
+        """SIGTERM the server by PID, SIGKILL it after ``timeout``; safe when not running."""
         process, self._process = self._process, None
         terminate(process, timeout)
+
+
+class NatsServer(_ServerProcess):
+    """A ``nats-server`` with JetStream on 127.0.0.1, storing under ``store_dir``.
+
+    Its JetStream data survives a ``stop()`` then ``start()``.
+    """
+
+    program = "nats-server"
+
+    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+        self.store_dir = Path(store_dir)
+        super().__init__(self.store_dir / "nats-server.log", port)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{LOOPBACK}:{self.port}"
+
+    def _command(self) -> list[str]:
+        binary = _find_nats_server()
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        return [binary, "-a", LOOPBACK, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
 
     def __repr__(self) -> str:
         return f"NatsServer(url={self.url!r}, pid={self.pid}, store_dir={str(self.store_dir)!r})"
@@ -449,7 +467,7 @@ def _find_osmem_server() -> str:
     )
 
 
-class SearchServer(EmbeddedServer):
+class SearchServer(_ServerProcess):
     """An in-memory search server speaking the OpenSearch REST API on 127.0.0.1.
 
     ``osmem-server`` (PyPI), not OpenSearch or Elasticsearch: neither can be
@@ -458,61 +476,20 @@ class SearchServer(EmbeddedServer):
     every document. ``log_dir`` holds its log.
     """
 
+    program = "osmem-server"
+
     def __init__(self, log_dir: Path, port: int | None = None) -> None:
         self.log_dir = Path(log_dir)
-        self.port = port if port is not None else free_port()
-        self.log_path = self.log_dir / "osmem-server.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(self.log_dir / "osmem-server.log", port)
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        """PID of the running server, None when stopped."""
-        process = self._process
-        return process.pid if process is not None and process.poll() is None else None
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None
-
-    def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Start the server and return once its port accepts connections."""
-        if self.running:
-            raise EmbeddedServerError(f"osmem-server already running (pid {self.pid})")
-        binary = _find_osmem_server()
-        _ensure_port_free(self.port, "osmem-server")
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_offset = _file_size(self.log_path)
+    def _command(self) -> list[str]:
         # By default it exits when its stdin closes; ours is /dev/null, and the
         # parent-death signal of child_options ends it with us instead.
-        command = [binary, "-addr", f"{LOOPBACK}:{self.port}", "-no-stdin-watch"]
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                **child_options(),
-            )
-        try:
-            wait_started(
-                self._process,
-                lambda: is_listening(LOOPBACK, self.port),
-                name=f"osmem-server on port {self.port}",
-                timeout=timeout,
-                tail=lambda: _log_tail(self.log_path, log_offset),
-            )
-        except EmbeddedServerError:
-            self.stop()
-            raise
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM the server by PID, SIGKILL it after ``timeout``; safe when not running."""
-        process, self._process = self._process, None
-        terminate(process, timeout)
+        return [_find_osmem_server(), "-addr", f"{LOOPBACK}:{self.port}", "-no-stdin-watch"]
 
     def __repr__(self) -> str:
         return f"SearchServer(url={self.url!r}, pid={self.pid}, log_dir={str(self.log_dir)!r})"
