@@ -60,3 +60,16 @@ def test_every_token_position_is_checked() -> None:
 
 def test_token_returns_a_valid_token_unchanged() -> None:
     assert token("Run_42-b", "run id") == "Run_42-b"
+
+
+def test_validate_params_subject_is_outside_every_stream() -> None:
+    subjects = Subjects("test-7")
+
+    subject = subjects.validate_params("search-full-load")
+
+    assert subject == "test-7.validate.search-full-load"
+    # A stream capturing it would answer the request with a PubAck, not the owner.
+    prefixes = [s.removesuffix(">") for stream in Stream for s in subjects.stream_subjects(stream)]
+    assert not any(subject.startswith(prefix) for prefix in prefixes)
+    with pytest.raises(ValueError, match="job type"):
+        subjects.validate_params("search.*")

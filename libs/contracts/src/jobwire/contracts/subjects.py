@@ -91,6 +91,11 @@ class Subjects:
     def mail_event(self, email_id: str, event: str) -> str:
         return f"{self.namespace}.mail.events.{token(email_id, 'email id')}.{event}"
 
+    def validate_params(self, job_type: str) -> str:
+        """Core NATS request/reply (no stream): the service owning ``job_type`` checks
+        a job's params against what only it can reach, e.g. a live database schema."""
+        return f"{self.namespace}.validate.{token(job_type, 'job type')}"
+
     # Wildcards, for consumers and stream definitions.
     def all_job_due(self) -> str:
         return f"{self.namespace}.jobs.due.*"
