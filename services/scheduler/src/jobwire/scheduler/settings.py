@@ -33,6 +33,13 @@ class SchedulerOptions(BaseModel):
         le=1000,
         description="admin API requests handled at once; more wait their turn, unread",
     )
+    live_check_seconds: float = Field(
+        3.0,
+        ge=0,
+        le=60,
+        description="how long a job save waits for the service owning the job type to check "
+        "its params (e.g. against a live database schema); no answer: saved unchecked; 0: off",
+    )
     firing: bool = Field(
         True,
         description="fire jobs here (the firing loop, run events, listener mirror, history "

@@ -27,6 +27,13 @@ UTF-8, nested at most 64 levels (else 400), and at most the scheduler's
 `max_request_bytes` (default 1 MiB, else 413). The token is checked before the
 body is read. A definition (or trigger) whose message would exceed the NATS
 server's `max_payload` is refused with 422 naming `params`.
+
+A definition's params are validated by their type's model, then — on create, on an
+update that changes `type` or `params`, and on preview — by the service that runs
+the type, when one answers within the scheduler's `live_check_seconds` (e.g. a
+search profile against the live source schema: an unknown table or column is
+refused with 422 naming it). No answer: the definition is saved as the model
+allowed it.
 """
 
 

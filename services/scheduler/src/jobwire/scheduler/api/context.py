@@ -53,6 +53,8 @@ class ApiContext:
     history_days: float = 30.0
     max_request_bytes: int = 1024 * 1024
     max_concurrent_requests: int = 4
+    # Seconds a save waits for a live check of its params; 0 turns live checks off.
+    live_check_seconds: float = 3.0
     version: str = VERSION
     hosts_ttl_seconds: float = 2.0
     _store: PostgresJobStore | None = field(default=None, init=False, repr=False)
@@ -79,6 +81,7 @@ class ApiContext:
             history_days=options.history_days if options else 30.0,
             max_request_bytes=options.max_request_bytes if options else 1024 * 1024,
             max_concurrent_requests=options.max_concurrent_requests if options else 4,
+            live_check_seconds=options.live_check_seconds if options else 3.0,
         )
 
     @property

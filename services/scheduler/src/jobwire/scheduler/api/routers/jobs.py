@@ -13,6 +13,7 @@ from jobwire.scheduler.api.context import ApiContext, api_of
 from jobwire.scheduler.api.explain import explain
 from jobwire.scheduler.api.inputs import check_json, clean_request, parse_etag
 from jobwire.scheduler.api.listing import job_detail, job_page
+from jobwire.scheduler.api.live_checks import check_params_live
 from jobwire.scheduler.api.payloads import check_definition
 from jobwire.scheduler.api.previews import preview_definition
 from jobwire.scheduler.api.problems import RESPONSES, ProblemError, documented
@@ -80,6 +81,7 @@ async def create_job(
     now = api.clock()
     parsed = parse_definition(body, now=now)
     check_definition(api, parsed, now)
+    await check_params_live(api, parsed)
     record = await api.store.create(parsed, now, Audit(principal.name, "job.create"))
     response.headers["Location"] = f"/api/v1/jobs/{quote(record.name, safe='')}"
     response.headers["ETag"] = f'"{record.version}"'
@@ -123,6 +125,7 @@ async def update_job(
     # A schedule with no fire left is refused only when the update changes the timing.
     parsed = parse_definition(body, now=now, previous=current.definition)
     check_definition(api, parsed, now, current)
+    await check_params_live(api, parsed, current.definition)
     record = await api.store.update(
         name, parsed, expected, now, Audit(principal.name, "job.update")
     )

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from jobwire.scheduler.api.auth import Viewer
 from jobwire.scheduler.api.context import ApiContext, api_of
 from jobwire.scheduler.api.inputs import check_json, clean_request
+from jobwire.scheduler.api.live_checks import check_params_live
 from jobwire.scheduler.api.previews import preview_definition, preview_schedule
 from jobwire.scheduler.api.problems import RESPONSES, ProblemError, definition_problems
 from jobwire.scheduler.api.schemas import (
@@ -68,6 +69,7 @@ async def preview(api: Api, _: Viewer, request: PreviewRequest) -> Preview:
     check_json(request.definition, "definition")
     try:
         definition = parse_definition(request.definition)
+        await check_params_live(api, definition)
     except DefinitionError as exc:
         # A problem of the definition as a whole is named "definition", not
         # "definition.definition".
