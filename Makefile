@@ -38,7 +38,7 @@ lint: install ## ruff lint and format check
 
 .PHONY: typecheck
 typecheck: install ## mypy (strict on libs/)
-	$(RUN) mypy libs/contracts/src libs/runtime/src libs/cli/src libs/testing/src services/scheduler/src services/listeners/src services/mailer/src services/search-sync/src
+	$(RUN) mypy libs/contracts/src libs/runtime/src libs/cli/src libs/testing/src services/scheduler/src services/listeners/src services/mailer/src services/search-sync/src examples/caseapp/src
 
 .PHONY: contracts
 contracts: install ## regenerate JSON Schema + AsyncAPI into libs/contracts/schemas
