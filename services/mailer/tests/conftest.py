@@ -24,13 +24,13 @@ from nats.js.errors import NotFoundError
 from jobwire.contracts.envelope import decode
 from jobwire.contracts.mail import MAIL_EVENT_MODELS, EmailEvent, MailEvent, SendEmail, email_id
 from jobwire.contracts.runs import RunFinished
-from jobwire.contracts.subjects import RunEvent, Stream
+from jobwire.contracts.subjects import Stream
 from jobwire.mailer.main import spec
 from jobwire.mailer.settings import MailerSettings
 from jobwire.runtime.broker import Broker
 from jobwire.runtime.embedded import free_port
 from jobwire.runtime.service import run_service
-from jobwire.testing import job_due, wait_for
+from jobwire.testing import run_job, wait_for
 
 
 class Mailer:
@@ -57,16 +57,7 @@ class Mailer:
         self, job_type: str = "email-send", timeout: float = 30.0, **params: Any
     ) -> RunFinished:
         """One run of ``job_type``, as the scheduler would fire it; its RunFinished."""
-        due = job_due(job_type, params)
-        await self.broker.publish(self.broker.subjects.job_due(job_type), due, msg_id=due.run_id)
-        finished = await wait_for(
-            lambda: self.last(
-                self.broker.subjects.run_event(due.run_id, RunEvent.FINISHED), RunFinished
-            ),
-            timeout=timeout,
-            description=f"{job_type} run {due.run_id} finished",
-        )
-        return finished
+        return await run_job(self.broker, job_type, params, timeout=timeout)
 
     async def last(self, subject: str, model: type[Any]) -> Any:
         stream = self.broker.subjects.stream_name(

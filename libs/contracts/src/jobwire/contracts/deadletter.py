@@ -63,7 +63,11 @@ class DeadLetter(Contract):
         description="The service or consumer that gave up, e.g. `archiver`; also the "
         "last token of the subject."
     )
-    subject: str = Field(min_length=1, description="Subject the message was received on.")
+    subject: str = Field(
+        min_length=1,
+        description="Subject the message was received on; for something that was not a "
+        "message, where it was going (e.g. `search/<index>/<document id>`).",
+    )
     reason: str = Field(
         min_length=1,
         description="Short machine-readable code, e.g. `undecodable` or `max_attempts`.",

@@ -26,12 +26,13 @@ from nats.js.api import (
     ConsumerConfig,
     ConsumerInfo,
     DiscardPolicy,
+    ObjectStoreConfig,
     PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import ValidationError
@@ -46,6 +47,10 @@ from jobwire.runtime.telemetry import extract_context
 from jobwire.runtime.waits import Stopped, backoff_wait
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+#: Header of a dead letter whose payload was too large for NATS: where it is kept instead.
+PAYLOAD_OBJECT_HEADER = "jobwire-payload-object"
+# Room for the dead letter's envelope and headers around its base64 payload.
+_ENVELOPE_MARGIN = 16 * 1024
 log = get_logger("jobwire.broker")
 tracer = trace.get_tracer("jobwire.runtime.broker")
 
@@ -430,23 +435,87 @@ class Broker:
         self, source: str, msg: Msg, reason: str, detail: str, *, attempts: int = 1
     ) -> None:
         """Keep a message we cannot process, with the reason, on ``<ns>.dlq.<source>``."""
+        # The dead letter's id derives from the original message so that a
+        # crash between dead-lettering and term() does not store it twice.
+        original = (msg.headers or {}).get(MSG_ID_HEADER) or _sequence_id(msg)
+        await self.set_aside(
+            source,
+            msg.subject,
+            msg.data,
+            dict(msg.headers or {}),
+            reason,
+            detail,
+            key=f"{source}:{original}",
+            attempts=attempts,
+        )
+
+    async def set_aside(
+        self,
+        source: str,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        reason: str,
+        detail: str,
+        *,
+        key: str,
+        attempts: int = 1,
+    ) -> None:
+        """Keep anything we gave up on — a message, a row, a document — on ``<ns>.dlq.<source>``.
+
+        ``key`` names it for good: setting the same thing aside twice (a retry,
+        a crash before the caller moved on) stores one dead letter.
+        """
+        record = await self.dead_letter_record(
+            source, subject, payload, headers, reason, detail, key=key, attempts=attempts
+        )
+        await self.publish(self.subjects.dlq(source), record, msg_id=f"dlq:{key}")
+        log.warning("message.dead_lettered", source=source, subject=subject, reason=reason)
+
+    async def dead_letter_record(
+        self,
+        source: str,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        reason: str,
+        detail: str,
+        *,
+        key: str,
+        attempts: int = 1,
+    ) -> DeadLetter:
+        """The dead letter of ``payload``, for callers that publish it themselves.
+
+        Bytes too big to travel in a NATS message are kept in the object store
+        ``<ns>_dead_letters`` and the record names them in its
+        ``jobwire-payload-object`` header: nothing is dropped.
+        """
+        # base64 in JSON: 4 bytes per 3.
+        if len(payload) * 4 // 3 + _ENVELOPE_MARGIN > self.nc.max_payload:
+            headers = {**headers, PAYLOAD_OBJECT_HEADER: await self._store_payload(key, payload)}
+            payload = b""
         now = utcnow()
-        record = DeadLetter(
+        return DeadLetter(
             source=source,
-            subject=msg.subject,
+            subject=subject,
             reason=reason,
             detail=detail,
-            payload=msg.data,
-            headers=dict(msg.headers or {}),
+            payload=payload,
+            headers=headers,
             first_failed_at=now,
             last_failed_at=now,
             attempts=attempts,
         )
-        # The dead letter's id derives from the original message so that a
-        # crash between dead-lettering and term() does not store it twice.
-        original = (msg.headers or {}).get(MSG_ID_HEADER) or _sequence_id(msg)
-        await self.publish(self.subjects.dlq(source), record, msg_id=f"dlq:{source}:{original}")
-        log.warning("message.dead_lettered", source=source, subject=msg.subject, reason=reason)
+
+    async def _store_payload(self, key: str, payload: bytes) -> str:
+        bucket = f"{self.subjects.namespace}_dead_letters"
+        try:
+            store = await self.js.object_store(bucket)
+        except BucketNotFoundError:
+            store = await self.js.create_object_store(bucket, ObjectStoreConfig())
+        name = key.replace(":", "_")
+        await store.put(name, payload)
+        return f"{bucket}/{name}"
 
     # -- consuming --------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from jobwire.testing.jetstream import purge_namespace
     from jobwire.testing.kafka import TansuBroker, create_topic, delete_topics, wait_kafka_ready
-    from jobwire.testing.runs import job_due
+    from jobwire.testing.runs import job_due, run_job
     from jobwire.testing.signals import with_signals
     from jobwire.testing.waiting import wait_for
 
@@ -23,6 +23,7 @@ __all__ = [
     "delete_topics",
     "job_due",
     "purge_namespace",
+    "run_job",
     "wait_for",
     "wait_kafka_ready",
     "with_signals",
@@ -34,6 +35,7 @@ _MODULES = {
     "delete_topics": "kafka",
     "job_due": "runs",
     "purge_namespace": "jetstream",
+    "run_job": "runs",
     "wait_for": "waiting",
     "wait_kafka_ready": "kafka",
     "with_signals": "signals",

@@ -17,13 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from nats.errors import MaxPayloadError
-from nats.js.api import ObjectStoreConfig
-from nats.js.errors import BucketNotFoundError
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind
 
-from jobwire.contracts.deadletter import DeadLetter
 from jobwire.contracts.envelope import utcnow
 from jobwire.contracts.listeners import (
     ListenerDefinition,
@@ -69,10 +66,6 @@ meter.create_observable_gauge(
     callbacks=[_observe_lag],
     description="triggers waiting in the source, where the source can tell",
 )
-
-# Room the envelope and headers of a dead letter need besides its payload.
-_ENVELOPE_MARGIN = 16 * 1024
-PAYLOAD_OBJECT_HEADER = "jobwire-payload-object"
 
 
 @dataclass
@@ -280,21 +273,14 @@ class SlotRunner:
             "jobwire-job-id": self.definition.job_id,
             "jobwire-trigger-key": trigger.key,
         }
-        # base64 in JSON: 4 bytes per 3.
-        if len(payload) * 4 // 3 + _ENVELOPE_MARGIN > self.broker.nc.max_payload:
-            headers[PAYLOAD_OBJECT_HEADER] = await self._store_payload(key, payload)
-            payload = b""
-        now = utcnow()
-        record = DeadLetter(
-            source=self.definition.job_type,
-            subject=trigger.subject,
-            reason=poison.reason,
-            detail=poison.detail,
-            payload=payload,
-            headers=headers,
-            first_failed_at=now,
-            last_failed_at=now,
-            attempts=1,
+        record = await self.broker.dead_letter_record(
+            self.definition.job_type,
+            trigger.subject,
+            payload,
+            headers,
+            poison.reason,
+            poison.detail,
+            key=key,
         )
         log.warning(
             "listener.dead_lettered",
@@ -306,16 +292,6 @@ class SlotRunner:
         msg_id = f"dlq:{key}"
         body, headers_out = self.broker.encode(record, msg_id=msg_id, context=context)
         return Encoded(self._dlq_subject, body, headers_out)
-
-    async def _store_payload(self, key: str, payload: bytes) -> str:
-        bucket = f"{self.broker.subjects.namespace}_dead_letters"
-        try:
-            store = await self.broker.js.object_store(bucket)
-        except BucketNotFoundError:
-            store = await self.broker.js.create_object_store(bucket, ObjectStoreConfig())
-        name = key.replace(":", "_")
-        await store.put(name, payload)
-        return f"{bucket}/{name}"
 
     def _fail(self, stage: str, error: BaseException) -> None:
         self._failures += 1

@@ -12,16 +12,12 @@ runs first.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import httpx
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
 from jobwire.contracts.mail import RecipientResult, SendEmail
@@ -29,67 +25,10 @@ from jobwire.mailer.adapters.queue import MailQueue, QueuedEmail
 from jobwire.mailer.commands import CommandRefused, Gate
 from jobwire.runtime import problems
 from jobwire.runtime.problems import ProblemError, validation_problems
+from jobwire.runtime.rest import Operator, TokenChecker, Viewer, json_body
 from jobwire.runtime.service import VERSION
 
 MAX_REQUEST_BYTES = 1024 * 1024
-_ROLES = {"viewer": 0, "operator": 1, "admin": 2}
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="jobwire"'}
-
-
-class Identity(BaseModel):
-    name: str
-    role: Literal["viewer", "operator", "admin"]
-
-
-class TokenChecker:
-    """Who a token belongs to, as the scheduler's admin API says; cached briefly."""
-
-    def __init__(self, scheduler_url: str | None, cache_seconds: float) -> None:
-        self._url = scheduler_url.rstrip("/") + "/api/v1/whoami" if scheduler_url else None
-        self._cache_seconds = cache_seconds
-        self._cache: dict[bytes, tuple[float, Identity | None]] = {}
-        self._client: httpx.AsyncClient | None = None
-
-    async def identify(self, token: str) -> Identity | None:
-        if self._url is None:
-            raise ProblemError(
-                503,
-                "Not configured",
-                "JOBWIRE_MAILER__SCHEDULER_URL is not set: no token can be checked",
-            )
-        key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        now = time.monotonic()
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=5.0)
-        try:
-            response = await self._client.get(
-                self._url, headers={"Authorization": f"Bearer {token}"}
-            )
-        except httpx.HTTPError as exc:
-            raise ProblemError(
-                503, "Unavailable", f"the scheduler cannot check tokens now: {type(exc).__name__}"
-            ) from None
-        if response.status_code in (401, 403):
-            identity = None
-        elif response.status_code == 200:
-            identity = Identity.model_validate(response.json())
-        else:
-            raise ProblemError(
-                503,
-                "Unavailable",
-                f"the scheduler answered {response.status_code} to a token check",
-            )
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = (now + self._cache_seconds, identity)
-        return identity
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
 
 
 class MailApi:
@@ -117,35 +56,6 @@ def _api(request: Request) -> _Ready:
     return _Ready(api.tokens, api.queue, api.gate)
 
 
-_bearer = HTTPBearer(auto_error=False, bearerFormat="jw_…")
-
-
-def _requires(role: str) -> Any:
-    async def check(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Identity:
-        if credentials is None:
-            raise ProblemError(
-                401, "Unauthorized", "send `Authorization: Bearer <token>`", headers=_CHALLENGE
-            )
-        api: MailApi = request.app.state.api
-        identity = await api.tokens.identify(credentials.credentials)
-        if identity is None:
-            raise ProblemError(
-                401, "Unauthorized", "the token is unknown or revoked", headers=_CHALLENGE
-            )
-        if _ROLES[identity.role] < _ROLES[role]:
-            raise ProblemError(
-                403, "Forbidden", f"this needs the {role} role; the token is {identity.role}"
-            )
-        return identity
-
-    return Depends(check)
-
-
-Viewer = Annotated[Identity, _requires("viewer")]
-Operator = Annotated[Identity, _requires("operator")]
 Api = Annotated[_Ready, Depends(_api)]
 
 
@@ -259,31 +169,6 @@ def _uncursor(cursor: str) -> tuple[datetime, str]:
 router = APIRouter(prefix="/api/v1")
 
 
-async def _body(request: Request) -> bytes:
-    """The request's body, refused (413) as soon as it passes the limit."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise ProblemError(
-            415,
-            "Unsupported media type",
-            "send `Content-Type: application/json`",
-            errors=[("Content-Type", "must be application/json")],
-        )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
-        raise ProblemError(413, "Too large", f"the body may have at most {MAX_REQUEST_BYTES} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_REQUEST_BYTES:
-            raise ProblemError(
-                413, "Too large", f"the body may have at most {MAX_REQUEST_BYTES} bytes"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @router.post(
     "/mail",
     status_code=202,
@@ -297,7 +182,7 @@ async def _body(request: Request) -> bytes:
     },
 )
 async def send(request: Request, api: Api, _: Operator) -> SendAnswer:
-    body = await _body(request)
+    body = await json_body(request, MAX_REQUEST_BYTES)
     try:
         command = SendEmail.model_validate_json(body)
     except ValidationError as exc:
@@ -402,6 +287,7 @@ def create_app(api: MailApi) -> FastAPI:
         redoc_url=None,
     )
     app.state.api = api
+    app.state.tokens = api.tokens
     problems.install(app, "mailer")
     app.include_router(router)
     return app

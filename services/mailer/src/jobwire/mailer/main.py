@@ -16,7 +16,7 @@ from jobwire.mailer.adapters.attachments import AttachmentStore
 from jobwire.mailer.adapters.queue import SCHEMA, MailQueue
 from jobwire.mailer.adapters.smtp import SmtpPool
 from jobwire.mailer.address_book import AddressBook
-from jobwire.mailer.api import MailApi, TokenChecker, create_app
+from jobwire.mailer.api import MailApi, create_app
 from jobwire.mailer.commands import Gate
 from jobwire.mailer.conversations import ReceivedMail
 from jobwire.mailer.intake import Intake
@@ -26,6 +26,7 @@ from jobwire.runtime.broker import Broker
 from jobwire.runtime.embedded import dev_api_url
 from jobwire.runtime.mail_sink import dev_smtp_address
 from jobwire.runtime.outbox import OutboxMessage, OutboxRelay
+from jobwire.runtime.rest import TokenChecker
 from jobwire.runtime.secrets import Secrets
 from jobwire.runtime.service import ServiceContext, ServiceSpec
 from jobwire.runtime.worker import Worker
@@ -55,7 +56,9 @@ def routes(ctx: ServiceContext) -> Sequence[BaseRoute]:
     assert isinstance(settings, MailerSettings)
     options = settings.mailer
     url = str(options.scheduler_url) if options.scheduler_url else None
-    api = _apis[id(ctx)] = MailApi(TokenChecker(url, options.token_cache_seconds))
+    api = _apis[id(ctx)] = MailApi(
+        TokenChecker(url, options.token_cache_seconds, "JOBWIRE_MAILER__SCHEDULER_URL")
+    )
     return [Mount("", app=create_app(api))]
 
 
