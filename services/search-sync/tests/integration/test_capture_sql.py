@@ -9,7 +9,7 @@ import asyncpg
 from jobwire.contracts.search import DocumentProfile
 from jobwire.search_sync.domain.catalog import Catalog, Column, ForeignKey, Table
 from jobwire.search_sync.domain.plan import resolve
-from jobwire.search_sync.domain.sql import CHANGES, documents_sql, install_sql
+from jobwire.search_sync.domain.sql import CHANGES, documents_of_keys_sql, install_sql
 
 SCHEMA = """
 CREATE SCHEMA app;
@@ -60,14 +60,19 @@ async def test_documents_and_captured_changes(database_url: str) -> None:
         await connection.execute("UPDATE app.tasks SET case_id = 2 WHERE id = 11")
         await connection.execute("DELETE FROM app.cases WHERE id = 2")
 
-        rows = await connection.fetch(documents_sql(plan, by_keys=True), ["[1]", "[2]"])
-        assert [(r["key"], r["id"]) for r in rows] == [("[1]", "1")]
+        rows = await connection.fetch(documents_of_keys_sql(plan), ["[1]", "[2]"])
+        # case 2 is gone: its key comes back with no document, to be deleted
+        assert [(r["key"], r["id"], r["document"] is None) for r in rows] == [
+            ("[1]", "1", False),
+            ("[2]", "2", True),
+        ]
         assert json.loads(rows[0]["document"]) == {
             "id": 1,
             "title": "first",
             "blob": "Af8=",
             "tasks": [{"id": 10, "title": "b"}],
         }
+        assert "\n" not in rows[0]["document"]
         changes = await connection.fetch(
             f"SELECT relation, keys::text AS keys FROM {CHANGES} ORDER BY id"
         )

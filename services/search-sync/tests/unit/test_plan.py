@@ -7,7 +7,7 @@ import pytest
 from jobwire.contracts.search import DocumentProfile
 from jobwire.search_sync.domain.catalog import Catalog, Column, ForeignKey, Table
 from jobwire.search_sync.domain.plan import ProfileError, resolve
-from jobwire.search_sync.domain.sql import documents_sql, install_sql
+from jobwire.search_sync.domain.sql import documents_of_keys_sql, install_sql
 
 
 def _col(name: str, sql_type: str = "bigint", base: str = "int8") -> Column:
@@ -58,7 +58,7 @@ def test_keys_and_foreign_keys_come_from_the_catalog() -> None:
         "caseapp.tasks(case_id)",
         "caseapp.customers(id)",
     ]
-    sql = documents_sql(plan, by_keys=True)
+    sql = documents_of_keys_sql(plan)
     assert '"caseapp"."tasks" c0 WHERE c0."case_id" = r."id"' in sql
     assert "unnest($1::jsonb[])" in sql
     assert any("EXECUTE FUNCTION jobwire_search.capture('case_id')" in s for s in install_sql(plan))

@@ -9,7 +9,8 @@
 4. Record the new index and the snapshot's fence as the alias's consumer —
    from now on incremental runs write into the new index, from that fence on —
    then point the alias at the new index in one request. Searches saw the old
-   index, complete, until then, and see the new one, complete, after.
+   index, complete, until then, and see the new one, complete, after. (Without
+   the change capture installed the load stands alone: no consumer to record.)
 5. Delete the previous indices beyond ``keep``.
 
 Recording before swapping is the safe order: a crash between the two leaves
@@ -113,13 +114,22 @@ class FullLoad:
                 await self._discard(engine, name, params.dry_run)
                 raise
             await run.progress(f"moving alias {alias} to {name}", percent=100.0)
-            await source.loaded(connection, alias, name, profile_hash(params.profile), snap.fence)
+            # Without the change capture installed there is nothing for incremental runs to
+            # continue from: the load stands alone (a later install needs a new load).
+            followed = await source.installed_schema(connection)
+            if followed:
+                await source.loaded(
+                    connection, alias, name, profile_hash(params.profile), snap.fence
+                )
             previous = await engine.swap_alias(alias, name)
             dropped = to_drop(alias, await engine.indices(f"{alias}-"), name, params.index.keep)
             for old in dropped:
                 await engine.delete_index(old)
             log.info("search.full_load.done", alias=alias, index=name, documents=indexed)
-            return self._result(name, total, read, writer.counts, snap, started, previous, dropped)
+            result = self._result(
+                name, total, read, writer.counts, snap, started, previous, dropped
+            )
+            return result | {"incremental_from": snap.fence if followed else None}
 
     async def _load(
         self,

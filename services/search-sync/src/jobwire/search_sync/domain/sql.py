@@ -102,16 +102,33 @@ def _in_keys(alias: str, columns: tuple[Column, ...]) -> str:
     return f"({left}) IN (SELECT {right} FROM unnest($1::jsonb[]) AS k)"
 
 
-def documents_sql(plan: Plan, *, by_keys: bool) -> str:
-    """Rows of (key, id, document JSON); with ``by_keys``, only the keys of parameter $1."""
+def _document(plan: Plan) -> str:
     parts = [_child(c, plan.key, i) for i, c in enumerate(plan.children)]
     parts += [_lookup(lk, i) for i, lk in enumerate(plan.lookups)]
-    document = f"row_to_json({_record('r', plan.fields, parts)})::text"
-    sql = (
+    # json_agg separates its elements with line breaks; outside strings (where JSON
+    # escapes them) a line break is only white space, and NDJSON needs none.
+    return f"replace(row_to_json({_record('r', plan.fields, parts)})::text, E'\\n', '')"
+
+
+def documents_sql(plan: Plan) -> str:
+    """Rows of (key, id, document JSON), one per root row."""
+    return (
         f"SELECT {key_text('r', plan.key)} AS key, {document_id('r', plan.key)} AS id, "
-        f"{document} AS document FROM {table_sql(plan.root)} r"
+        f"{_document(plan)} AS document FROM {table_sql(plan.root)} r"
     )
-    return sql + (f" WHERE {_in_keys('r', plan.key)}" if by_keys else "")
+
+
+def documents_of_keys_sql(plan: Plan) -> str:
+    """Rows of (key, id, document JSON) for each key of parameter $1 (JSON arrays as text);
+    the document is NULL where the key has no row: that document is to be deleted."""
+    match = " AND ".join(f"r.{q(c.name)} = (k->>{i})::{c.sql_type}" for i, c in enumerate(plan.key))
+    # The same text document_id() gives for the row, computed from the key alone.
+    ident = f"(k->>0)::{plan.key[0].sql_type}::text" if len(plan.key) == 1 else "k::text"
+    return (
+        f"SELECT k::text AS key, {ident} AS id, d.document FROM unnest($1::jsonb[]) AS k "
+        f"LEFT JOIN LATERAL (SELECT {_document(plan)} AS document "
+        f"FROM {table_sql(plan.root)} r WHERE {match}) d ON true"
+    )
 
 
 def count_sql(plan: Plan) -> str:
