@@ -16,7 +16,7 @@ install: ## install system packages (if missing) and the workspace into .venv
 
 .PHONY: run
 run: install ## start the whole system locally (embedded NATS + PostgreSQL); Ctrl-C stops it
-	$(RUN) jobwire dev --example examples/workflow_printer.py
+	$(RUN) jobwire dev --example examples/workflow_printer.py --example examples/caseapp_sample.py
 
 .PHONY: test
 test: install ## run the whole test suite (unit + integration on real servers); PYTEST_ARGS narrows it

@@ -32,6 +32,7 @@ def test_every_kit_setting_is_documented_with_its_default() -> None:
         ("jobwire.scheduler.settings", "SchedulerSettings", "JOBWIRE_SCHEDULER__"),
         ("jobwire.listeners.settings", "ListenersSettings", "JOBWIRE_LISTENERS__"),
         ("jobwire.mailer.settings", "MailerSettings", "JOBWIRE_MAILER__"),
+        ("jobwire.search_sync.settings", "SearchSyncSettings", "JOBWIRE_SEARCH__"),
     ],
 )
 def test_every_service_setting_is_documented(module: str, name: str, prefix: str) -> None:

@@ -36,6 +36,7 @@ from jobwire.testing import wait_for, with_signals
 pytestmark = pytest.mark.integration
 
 PRINTER = Path(__file__).parents[2] / "examples" / "workflow_printer.py"
+CASEAPP = Path(__file__).parents[2] / "examples" / "caseapp_sample.py"
 READY = "Ctrl-C stops everything."
 # A few seconds on a quiet machine; the bound leaves room for a busy one.
 STOP_BOUND = 20.0
@@ -60,6 +61,7 @@ class Dev:
         self.output = ""
         self._lock = threading.Lock()
         command = [sys.executable, "-m", "jobwire.cli", "dev", "--example", str(PRINTER)]
+        command += ["--example", str(CASEAPP)]
         self.popen: subprocess.Popen[bytes] | None = None
         self.primary: int | None = None
         if terminal:
@@ -206,6 +208,8 @@ async def test_a_script_runs_it_and_the_printed_next_steps_work(project: Path) -
         record = project / ".jobwire" / "dev.json"
         assert _mode(record) == 0o600  # it holds an admin token
 
+        # The search sample saves its jobs and loads its index beside the system.
+        await dev.until("caseapp-sample: incremental job `sample-cases` enabled")
         # The next steps, exactly as printed, need nothing typed by hand.
         steps = banner.split("Next, in another terminal in this folder:\n", 1)[1]
         printed = [line.strip() for line in steps.splitlines() if line.startswith("  uv run")]
@@ -229,7 +233,13 @@ async def test_a_script_runs_it_and_the_printed_next_steps_work(project: Path) -
             "scheduler",
             "listeners",
             "mailer",
+            "search-sync",
         }
+        status = _run_cli(project, "uv run jobwire search status sample-cases -o json")
+        assert status.returncode == 0, status.stderr
+        searched = json.loads(status.stdout)
+        assert searched["source_documents"] == 2000
+        assert searched["capture_installed"] is True
 
         # Something visibly happens: the sample job fires and the example app prints it.
         printed_run = await dev.until("workflow-printer: start 'hello'")
@@ -262,7 +272,8 @@ async def test_a_script_runs_it_and_the_printed_next_steps_work(project: Path) -
         await conn.close()
 
         children = dev.recorded()
-        assert len(children) == 3  # nats-server, postgres, the example
+        # nats-server, postgres, osmem-server, the two examples
+        assert len(children) == 5
         # Without a terminal `uv run` forwards the SIGINT jobwire dev already
         # got: one Ctrl-C arrives twice, and is still one graceful stop.
         os.kill(dev.pid, signal.SIGINT)

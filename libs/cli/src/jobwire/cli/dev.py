@@ -46,6 +46,7 @@ from jobwire.runtime.embedded import (
     EmbeddedServerError,
     NatsServer,
     PostgresServer,
+    SearchServer,
     child_options,
     free_port,
     is_listening,
@@ -66,11 +67,15 @@ from jobwire.runtime.telemetry import setup_telemetry, shutdown_telemetry
 
 # Fixed ports make the printed URLs stable between runs; a taken port (say a
 # system NATS on 4222) falls back to any free one.
-PREFERRED = {"nats": 14222, "postgres": 15432, "http": 8080}
+PREFERRED = {"nats": 14222, "postgres": 15432, "http": 8080, "search": 19200}
+#: Where `jobwire dev` tells the examples its search engine listens.
+DEV_SEARCH_VARIABLE = "JOBWIRE_DEV_SEARCH"
 DATABASE = "jobwire"
 DEV_TOKEN_NAME = "jobwire-dev"  # noqa: S105 (the name of a token, not one)
 # The service that serves the page and the admin API starts first and takes 8080.
 FIRST = "scheduler"
+# The service whose sample needs a search engine.
+SEARCH_SERVICE = "search-sync"
 STOP_TIMEOUT = 10.0
 
 
@@ -134,6 +139,29 @@ def _embedded_postgres(data: Path, record: devfile.DevFile) -> Iterator[tuple[st
         server.stop()
 
 
+@contextlib.contextmanager
+def _embedded_search(data: Path, record: devfile.DevFile) -> Iterator[str]:
+    """An in-memory search engine for the search sync's sample, announced in
+    ``JOBWIRE_DEV_SEARCH``; yields the banner text. One named there already is used as is."""
+    configured = os.environ.get(DEV_SEARCH_VARIABLE)
+    if configured:
+        record.values["search"] = configured
+        record.save()
+        yield f"{configured} (from {DEV_SEARCH_VARIABLE})"
+        return
+    server = SearchServer(data / "search", port=_port(PREFERRED["search"], set()))
+    server.start()
+    record.record("osmem-server", server.pid)
+    os.environ[DEV_SEARCH_VARIABLE] = server.url
+    record.values["search"] = server.url
+    record.save()
+    try:
+        yield f"{server.url} (osmem-server: OpenSearch API, in memory — a restart empties it)"
+    finally:
+        os.environ.pop(DEV_SEARCH_VARIABLE, None)
+        server.stop()
+
+
 def _shown(path: Path) -> str:
     """``path`` relative to the current folder when inside it (shorter on a console)."""
     try:
@@ -174,9 +202,21 @@ def _embedded_smtp(data: Path, record: devfile.DevFile) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _example(script: str, nats_url: str, namespace: str, record: devfile.DevFile) -> Iterator[None]:
-    """An example app beside the system, as a child process stopped by PID at exit."""
-    env = {**os.environ, "JOBWIRE_NATS__URL": nats_url, "JOBWIRE_NAMESPACE": namespace}
+def _example(
+    script: str, nats_url: str, namespace: str, database_url: str, record: devfile.DevFile
+) -> Iterator[None]:
+    """An example app beside the system, as a child process stopped by PID at exit.
+
+    It is told where NATS, the namespace, the database server and the project's
+    dev folder are (``JOBWIRE_DEV_DIR``: the CLI run from it finds the system).
+    """
+    env = {
+        **os.environ,
+        "JOBWIRE_NATS__URL": nats_url,
+        "JOBWIRE_NAMESPACE": namespace,
+        "JOBWIRE_DATABASE_URL": database_url,
+        devfile.DIR_VARIABLE: str(record.path.parent),
+    }
     # Its own session (Ctrl-C reaches jobwire dev, which stops it in order),
     # and it dies with jobwire dev.
     child = subprocess.Popen([sys.executable, script], env=env, **child_options())
@@ -317,6 +357,11 @@ def _run(
             record.values["postgres_data"] = str(pg_dir)
         # Before the services' settings: the mailer's dev_overrides read its address.
         smtp_shown = stack.enter_context(_embedded_smtp(data, record))
+        search_shown = (
+            stack.enter_context(_embedded_search(data, record))
+            if SEARCH_SERVICE in services
+            else None
+        )
 
         try:
             configured = []
@@ -367,6 +412,8 @@ def _run(
         typer.echo(f"  NATS        {nats_shown}")
         typer.echo(f"  PostgreSQL  {db_shown}")
         typer.echo(f"  SMTP        {smtp_shown}")
+        if search_shown:
+            typer.echo(f"  Search      {search_shown}")
         for spec, settings in configured:
             role = " — the page and the admin API" if spec.name == FIRST else ""
             typer.echo(
@@ -376,9 +423,9 @@ def _run(
         if not configured:
             typer.echo("  no services installed yet: servers only")
         for script in examples:
-            stack.enter_context(_example(script, nats_url, base.namespace, record))
+            stack.enter_context(_example(script, nats_url, base.namespace, database_url, record))
             typer.echo(f"  example     {script}")
-        _next_steps(data, api_url, token, "mailer" in services)
+        _next_steps(data, api_url, token, services)
 
         setup_telemetry("jobwire-dev", VERSION, f"dev-{os.getpid()}", base.host)
         tune_garbage_collector()
@@ -407,7 +454,9 @@ def _run(
     return 0
 
 
-def _next_steps(data: Path, api_url: str | None, token: str | None, with_mailer: bool) -> None:
+def _next_steps(
+    data: Path, api_url: str | None, token: str | None, services: dict[str, ServiceSpec]
+) -> None:
     if api_url is None:
         return
     typer.echo(f"Jobs Management page and admin API: {api_url}/")
@@ -421,7 +470,10 @@ def _next_steps(data: Path, api_url: str | None, token: str | None, with_mailer:
         typer.echo(f"  sign in to the page with the token `{prefix} dev --print-token` prints")
     typer.echo("Next, in another terminal in this folder:")
     commands = ["jobs list", "runs list", "hosts", "watch"]
-    if with_mailer:
+    if "mailer" in services:
         commands.append("mail list")
+    if SEARCH_SERVICE in services:
+        # The job examples/caseapp_sample.py saves, a few seconds after the start.
+        commands.append("search status sample-cases")
     for command in commands:
         typer.echo(f"  {prefix} {command}")

@@ -115,10 +115,14 @@ def read(path: Path) -> DevFile:
     return DevFile(path, values if isinstance(values, dict) else {})
 
 
+#: Names the folder of the dev file (else the nearest ``.jobwire/`` is looked for).
+DIR_VARIABLE = "JOBWIRE_DEV_DIR"
+
+
 def locate(environ: Mapping[str, str], cwd: Path | None = None) -> Path | None:
     """Where the dev file of this project is (it may not exist), or None."""
-    if environ.get("JOBWIRE_DEV_DIR"):
-        return Path(environ["JOBWIRE_DEV_DIR"]).expanduser().absolute() / FILE_NAME
+    if environ.get(DIR_VARIABLE):
+        return Path(environ[DIR_VARIABLE]).expanduser().absolute() / FILE_NAME
     here = (cwd or Path.cwd()).absolute()
     for folder in (here, *here.parents):
         candidate = folder / DEFAULT_DIR / FILE_NAME
