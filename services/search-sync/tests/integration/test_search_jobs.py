@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -106,6 +107,33 @@ async def test_a_transaction_that_commits_late_is_not_missed(
         await late.close()
     await service.incremental(alias)
     assert (await service.document(alias, 1) or {})["title"] == "committed late"
+
+
+async def test_writers_committing_out_of_order_while_runs_go_on_miss_nothing(
+    search_sync: Start, alias: str
+) -> None:
+    service, _ = await _loaded(search_sync, alias, 40)
+    rng = random.Random(7)
+    delays = [rng.uniform(0, 0.6) for _ in range(40)]
+
+    async def write(case_id: int, delay: float) -> None:
+        connection = await asyncpg.connect(service.source_url)
+        try:
+            async with connection.transaction():
+                await connection.execute(
+                    "UPDATE caseapp.cases SET title = $2 WHERE id = $1", case_id, f"w{case_id}"
+                )
+                await asyncio.sleep(delay)  # commits after writers that started later
+        finally:
+            await connection.close()
+
+    writers = asyncio.gather(*(write(i + 1, d) for i, d in enumerate(delays)))
+    while not writers.done():
+        await service.incremental(alias)
+    await writers
+    await service.incremental(alias)
+    titles = {i: (await service.document(alias, i) or {}).get("title") for i in range(1, 41)}
+    assert titles == {i: f"w{i}" for i in range(1, 41)}
 
 
 async def test_rows_deleted_during_a_full_load_are_deleted_from_the_index(
