@@ -76,9 +76,10 @@ class Incremental:
                     ):
                         moved = True  # a full load swapped the alias: it has the last word
                         break
-                    await run.progress(counters={**counts, **writer.counts})
                     if not full or run.cancelled.is_set():
                         break
+                    # A backlog: say how far this run has come before the next batch.
+                    await run.progress("catching up", counters={**counts, **writer.counts})
             pruned = 0 if params.dry_run else await source.prune(job.connection)
             lag = await source.lag(job.connection, relations, watermark)
         return {
