@@ -147,9 +147,7 @@ async def test_install_then_status_follows_the_load_and_the_changes(
     assert stale["consumer"]["profile_current"] is False
 
 
-async def test_bad_requests_are_refused_naming_what_is_wrong(
-    search_api: Api, alias: str
-) -> None:
+async def test_bad_requests_are_refused_naming_what_is_wrong(search_api: Api, alias: str) -> None:
     service, api = await search_api()
     body = job(service, alias)
 
