@@ -37,6 +37,17 @@ class MailSystem:
     smtp: Any  # the test SMTP server the account `default` sends to
 
 
+@dataclass
+class SearchSystem:
+    """The scheduler and the search sync, run as whole services (``search_system``)."""
+
+    scheduler: ApiServer  # the admin API and its tokens
+    search_url: str
+    source_url: str  # the caseapp database the search jobs read
+    alias: str  # an alias of the test's own; its indices are deleted afterwards
+    params: dict[str, Any]  # parameters of a search job from the source into the alias
+
+
 @dataclass(frozen=True)
 class Result:
     exit_code: int

@@ -9,12 +9,17 @@ serving meanwhile), or as a real process with ``jobwire.process``.
 ``mail_system`` runs the scheduler and the mailer as whole services
 (``run_service``), the mailer sending to the test SMTP server and checking
 tokens with the scheduler; ``jobwire_mail`` runs the CLI on both.
+``search_system`` runs the scheduler and the search sync the same way, the
+test's database holding the caseapp schema as the source (secret
+``caseapp-dsn``) and the harness's search engine; ``jobwire_search`` runs the
+CLI on both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,21 +27,28 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from cli_harness import ROLES, ApiServer, Jobwire, MailSystem, create_job
+from cli_harness import ROLES, ApiServer, Jobwire, MailSystem, SearchSystem, create_job
 from starlette.routing import Mount
 
+import caseapp
+from jobwire.contracts.search import EngineConfig
 from jobwire.mailer.main import spec as mailer_spec
 from jobwire.mailer.settings import MailerSettings
 from jobwire.runtime.broker import Broker
 from jobwire.runtime.db import connect_pool, load_migrations, migrate
 from jobwire.runtime.embedded import free_port
 from jobwire.runtime.health import HttpServer, Readiness
+from jobwire.runtime.secrets import Secrets
 from jobwire.runtime.service import ServiceContext
 from jobwire.scheduler.api import ApiContext, create_app
 from jobwire.scheduler.api.tokens import create_token
 from jobwire.scheduler.main import Scheduler, spec
 from jobwire.scheduler.settings import SchedulerSettings
+from jobwire.search_sync.adapters.engine import open_engine
+from jobwire.search_sync.main import spec as search_spec
+from jobwire.search_sync.settings import SearchSyncSettings
 from jobwire.testing import wait_for
+from jobwire.testing.admin_api import running_scheduler
 from jobwire.testing.services import InProcessService
 
 
@@ -165,3 +177,74 @@ async def mail_system(
 @pytest.fixture
 def jobwire_mail(mail_system: MailSystem, tmp_path: Path) -> Jobwire:
     return Jobwire(mail_system.scheduler, tmp_path, {"JOBWIRE_MAILER_URL": mail_system.mailer_url})
+
+
+#: A case with its tasks: what the search jobs of the CLI tests index.
+CASE_PROFILE: dict[str, Any] = {
+    "root": "caseapp.cases",
+    "fields": ["id", "reference", "title", "status"],
+    "children": [{"table": "caseapp.tasks", "fields": ["id", "title", "state"]}],
+}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def search_system(
+    database_url: str, nats_url: str, namespace: str, search_engine_url: str, tmp_path: Path
+) -> AsyncIterator[SearchSystem]:
+    await caseapp.install(database_url)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "caseapp-dsn").write_text(database_url)
+    alias = f"a{uuid.uuid4().hex[:12]}"
+    params = {
+        "source": {"dsn": "caseapp-dsn"},
+        "engine": {"kind": "opensearch", "urls": [search_engine_url]},
+        "profile": CASE_PROFILE,
+        "index": {"alias": alias},
+    }
+    async with running_scheduler(database_url, nats_url, namespace) as scheduler:
+        settings = SearchSyncSettings(
+            nats={"url": nats_url},
+            namespace=namespace,
+            http_port=free_port(),
+            instance_id="cli-test-search",
+            host="cli-test",
+            shutdown_grace_seconds=5,
+            search={
+                "scheduler_url": scheduler.url,
+                "secrets_dir": str(secrets),
+                "engine_retry_seconds": 2,
+            },
+        )
+        search = await InProcessService(search_spec, settings).start()
+        try:
+            headers = {"Authorization": f"Bearer {scheduler.tokens['viewer']}"}
+            async with httpx.AsyncClient(base_url=search.url, headers=headers) as client:
+
+                async def serving() -> bool:
+                    # 503 until its main has run; an empty job is then refused (422).
+                    return (await client.post("/api/v1/search/status", json={})).status_code == 422
+
+                await wait_for(serving, timeout=20, description="the search API serving")
+            server = ApiServer(scheduler.url, database_url, None, scheduler.tokens)
+            yield SearchSystem(server, search.url, database_url, alias, params)
+        finally:
+            await search.stop()
+            engine = open_engine(
+                EngineConfig(kind="opensearch", urls=[search_engine_url]),
+                Secrets(None, {}),
+                node_class=None,
+                retry_seconds=2,
+            )
+            try:
+                for index in await engine.indices(f"{alias}-"):
+                    await engine.delete_index(index)
+            finally:
+                await engine.close()
+
+
+@pytest.fixture
+def jobwire_search(search_system: SearchSystem, tmp_path: Path) -> Jobwire:
+    return Jobwire(
+        search_system.scheduler, tmp_path, {"JOBWIRE_SEARCH_URL": search_system.search_url}
+    )

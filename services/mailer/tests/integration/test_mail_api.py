@@ -1,8 +1,8 @@
 """The mail REST API over real HTTP, its tokens checked by a real scheduler.
 
-The scheduler runs as a whole service in this process (``run_service`` with
-its spec) on the test's database, so its ``GET /api/v1/whoami`` answers for
-the tokens made with ``create_token``; the mailer is started with
+The scheduler runs as a whole service in this process on the test's database
+(the harness's ``scheduler`` fixture, :mod:`jobwire.testing.admin_api`), so its
+``GET /api/v1/whoami`` answers for a token per role; the mailer is started with
 ``scheduler_url`` pointing at it, as ``jobwire dev`` and a deployment do.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -19,91 +18,18 @@ import pytest_asyncio
 
 from jobwire.contracts.mail import email_id
 from jobwire.mailer.api import MAX_REQUEST_BYTES
-from jobwire.runtime.db import connect_pool
-from jobwire.runtime.embedded import free_port
-from jobwire.scheduler.api.tokens import create_token
-from jobwire.scheduler.main import spec as scheduler_spec
-from jobwire.scheduler.settings import SchedulerSettings
 from jobwire.testing import wait_for
-from jobwire.testing.services import InProcessService
+from jobwire.testing.admin_api import RoleClients, TokenScheduler
 
 pytestmark = pytest.mark.integration
-
-ROLES = ("viewer", "operator", "admin")
-
-
-@dataclass
-class Scheduler:
-    service: InProcessService
-    tokens: dict[str, str]
-
-    @property
-    def url(self) -> str:
-        return self.service.url
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def scheduler(database_url: str, nats_url: str, namespace: str) -> AsyncIterator[Scheduler]:
-    settings = SchedulerSettings(
-        nats={"url": nats_url},
-        namespace=namespace,
-        database_url=database_url,
-        http_port=free_port(),
-        instance_id="scheduler-test",
-        host="scheduler-test",
-        shutdown_grace_seconds=5,
-        scheduler={"relay_poll_seconds": 0.1},
-    )
-    service = await InProcessService(scheduler_spec, settings).start()
-    try:
-        pool = await connect_pool(database_url, max_size=1)  # with the kit's JSON codecs
-        try:
-            tokens = {role: await create_token(pool, f"{role}-token", role) for role in ROLES}
-        finally:
-            await pool.close()
-        yield Scheduler(service, tokens)
-    finally:
-        await service.stop()
-
-
-class Clients:
-    """One httpx client per role on the mailer's API, plus one without a token."""
-
-    def __init__(self, url: str, tokens: dict[str, str]) -> None:
-        self.url = url
-        self._clients = {
-            name: httpx.AsyncClient(
-                base_url=url,
-                headers={"Authorization": f"Bearer {tokens[name]}"} if name in tokens else {},
-                timeout=10.0,
-            )
-            for name in (*ROLES, "anonymous")
-        }
-
-    def __getattr__(self, role: str) -> httpx.AsyncClient:
-        try:
-            return self._clients[role]
-        except KeyError:
-            raise AttributeError(role) from None
-
-    def with_token(self, token: str) -> httpx.AsyncClient:
-        client = httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=10.0
-        )
-        self._clients[f"extra-{len(self._clients)}"] = client
-        return client
-
-    async def close(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def clients() -> AsyncIterator[Any]:
-    made: list[Clients] = []
+    made: list[RoleClients] = []
 
-    async def make(service: Any, scheduler: Scheduler) -> Clients:
-        found = Clients(service.url, scheduler.tokens)
+    async def make(service: Any, scheduler: TokenScheduler) -> RoleClients:
+        found = RoleClients(service.url, scheduler.tokens)
         made.append(found)
 
         async def serving() -> bool:

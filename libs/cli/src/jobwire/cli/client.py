@@ -343,6 +343,30 @@ class MailerClient(ApiClient):
         return found
 
 
+class SearchClient(ApiClient):
+    """The search sync's API (``/api/v1/search``): same token, own URL.
+
+    Both calls take a search job as the admin API holds it (type and params):
+    only the search sync can resolve the secrets its parameters name.
+    """
+
+    what = "the search API"
+    where_hint = "is the search sync running (`make run` in the project)? Set JOBWIRE_SEARCH_URL"
+    foreign_hint = "the search sync's URL? Set JOBWIRE_SEARCH_URL"
+
+    def status(self, job_type: str, params: Mapping[str, Any]) -> JSON:
+        """Alias → index, documents in source and index, watermark, lag, capture."""
+        body = {"type": job_type, "params": dict(params)}
+        answer: JSON = self.call("POST", "/api/v1/search/status", json=body)
+        return answer
+
+    def install(self, job_type: str, params: Mapping[str, Any], *, apply: bool) -> JSON:
+        """Install the change capture (``apply``), or only return its SQL."""
+        body = {"type": job_type, "params": dict(params), "apply": apply}
+        answer: JSON = self.call("POST", "/api/v1/search/install", json=body)
+        return answer
+
+
 def _reason(exc: Exception) -> str:
     text = str(exc)
     # "[Errno 111] Connection refused" → "connection refused"

@@ -10,12 +10,15 @@ command line is visible to every user of the machine (``ps``) and stays in
 shell history. The config file is ``$JOBWIRE_CONFIG``, else
 ``$XDG_CONFIG_HOME/jobwire/config.toml`` (``~/.config/jobwire/config.toml``).
 
-The mailer's API (``jobwire mail``, ``jobwire contacts``) is found the same
-way under its own names: ``JOBWIRE_MAILER_URL``, else the mailer's URL a running
-``jobwire dev`` recorded (``services.mailer``), else ``mailer_url`` in the config
-file; it has no default, as no port is the mailer's by convention. It takes the
-same token (its API asks the scheduler about it): the development token only
-goes with the mailer URL ``jobwire dev`` recorded beside it.
+Another service's API is found the same way under its own names
+(:func:`load_service_config`): the mailer's (``jobwire mail``, ``jobwire
+contacts``) is ``JOBWIRE_MAILER_URL``, else the mailer's URL a running ``jobwire
+dev`` recorded (``services.mailer``), else ``mailer_url`` in the config file; the
+search sync's (``jobwire search``) is ``JOBWIRE_SEARCH_URL``, else
+``services.search-sync``, else ``search_url``. They have no default, as no port is
+theirs by convention. They take the same token (their APIs ask the scheduler
+about it): the development token only goes with the URL ``jobwire dev`` recorded
+beside it.
 
 This is the only module of the API commands that reads the environment.
 """
@@ -34,7 +37,8 @@ from jobwire.cli import devfile
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 MAILER_URL_VARIABLE = "JOBWIRE_MAILER_URL"
-_KEYS = ("api_url", "mailer_url", "token")
+SEARCH_URL_VARIABLE = "JOBWIRE_SEARCH_URL"
+_KEYS = ("api_url", "mailer_url", "search_url", "token")
 
 
 class ConfigError(ValueError):
@@ -74,20 +78,47 @@ def load_config(
     )
 
 
+def load_service_config(
+    service: str,
+    variable: str,
+    key: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> ApiConfig:
+    """Where the API of ``service`` (as ``jobwire dev`` records it) is, and the token to
+    send it: ``variable``, else the running ``jobwire dev``'s record, else ``key`` in the
+    config file."""
+    return _load(
+        None,
+        variable,
+        key,
+        lambda dev: dev.service_url(service),
+        None,
+        environ,
+        warn,
+    )
+
+
 def load_mailer_config(
     *,
     environ: Mapping[str, str] | None = None,
     warn: Callable[[str], None] = lambda message: None,
 ) -> ApiConfig:
     """Where the mailer's API is, and the token to send it."""
-    return _load(
-        None,
-        MAILER_URL_VARIABLE,
-        "mailer_url",
-        lambda dev: dev.service_url("mailer"),
-        None,
-        environ,
-        warn,
+    return load_service_config(
+        "mailer", MAILER_URL_VARIABLE, "mailer_url", environ=environ, warn=warn
+    )
+
+
+def load_search_config(
+    *,
+    environ: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> ApiConfig:
+    """Where the search sync's API is, and the token to send it."""
+    return load_service_config(
+        "search-sync", SEARCH_URL_VARIABLE, "search_url", environ=environ, warn=warn
     )
 
 

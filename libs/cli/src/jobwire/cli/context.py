@@ -15,8 +15,14 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
-from jobwire.cli.client import ApiClient, CliError, MailerClient
-from jobwire.cli.config import ApiConfig, ConfigError, load_config, load_mailer_config
+from jobwire.cli.client import ApiClient, CliError, MailerClient, SearchClient
+from jobwire.cli.config import (
+    ApiConfig,
+    ConfigError,
+    load_config,
+    load_mailer_config,
+    load_search_config,
+)
 from jobwire.cli.output import OutputFormat, note
 
 P = ParamSpec("P")
@@ -46,12 +52,22 @@ class Cli:
 
     def mailer_client(self) -> MailerClient:
         """A client of the mailer's API (``--api-url`` is the scheduler's, not this)."""
-        try:
-            config = load_mailer_config(warn=_warn)
-        except ConfigError as exc:
-            raise CliError(str(exc)) from None
-        _needs_token(config)
+        config = _service_config(load_mailer_config)
         return MailerClient(config.api_url, config.token, token_source=config.token_source)
+
+    def search_client(self) -> SearchClient:
+        """A client of the search sync's API (``--api-url`` is the scheduler's, not this)."""
+        config = _service_config(load_search_config)
+        return SearchClient(config.api_url, config.token, token_source=config.token_source)
+
+
+def _service_config(load: Callable[..., ApiConfig]) -> ApiConfig:
+    try:
+        config = load(warn=_warn)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    _needs_token(config)
+    return config
 
 
 def _warn(message: str) -> None:

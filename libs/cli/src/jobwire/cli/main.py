@@ -4,8 +4,8 @@ Each installed service registers itself under the ``jobwire.services`` entry
 point group and becomes a subcommand (``jobwire scheduler`` …); ``jobwire dev``
 runs all of them in one process on embedded servers. ``jobs``, ``runs``,
 ``watch``, ``apply`` and ``export`` talk to the admin API; ``mail`` and
-``contacts`` to the mailer's API; ``tokens`` makes API tokens in the database
-directly.
+``contacts`` to the mailer's API; ``search`` to the admin API for the job, then to
+the search sync's API; ``tokens`` makes API tokens in the database directly.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from jobwire.cli import apply, jobs, mail, runs, tokens, watch
+from jobwire.cli import apply, jobs, mail, runs, search, tokens, watch
 from jobwire.cli.context import Cli, OutputOption, cli_of
 from jobwire.cli.output import OutputFormat
 from jobwire.runtime.service import ServiceSpec, serve
@@ -57,6 +57,7 @@ app.add_typer(runs.app, name="runs")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(mail.app, name="mail")
 app.command("contacts")(mail.contacts)
+app.add_typer(search.app, name="search")
 app.command("watch")(watch.watch)
 app.command("apply")(apply.apply)
 app.command("export")(apply.export)
