@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import AwareDatetime, Field
 
 from jobwire.contracts.envelope import Versioned
+from jobwire.contracts.subjects import Bucket, bucket_name
 
 
 class HostInfo(Versioned):
@@ -30,4 +31,4 @@ class HostInfo(Versioned):
 
     @staticmethod
     def bucket(namespace: str) -> str:
-        return f"{namespace}_hosts"
+        return bucket_name(namespace, Bucket.HOSTS)

@@ -19,7 +19,7 @@ from jobwire.contracts.envelope import Versioned
 from jobwire.contracts.job_types import JobParams, job_params
 from jobwire.contracts.secrets import SecretName
 from jobwire.contracts.storage import StorageConfig
-from jobwire.contracts.subjects import WorkflowName
+from jobwire.contracts.subjects import Bucket, WorkflowName, bucket_name
 
 MIB = 1024 * 1024
 
@@ -330,7 +330,7 @@ class ListenerDefinition(Versioned):
 
     @staticmethod
     def bucket(namespace: str) -> str:
-        return f"{namespace}_listeners"
+        return bucket_name(namespace, Bucket.LISTENERS)
 
 
 # Suspended: on standby — another instance holds the listener's only slot.

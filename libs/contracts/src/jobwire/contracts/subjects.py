@@ -31,6 +31,21 @@ class Stream(StrEnum):
     MAIL = "MAIL"  # SendEmail commands per account, and each email's events
 
 
+class Bucket(StrEnum):
+    """The NATS KV buckets (and the one object store) jobwire owns: ``<namespace>_<name>``."""
+
+    HOSTS = "hosts"  # each instance's heartbeat (HostInfo)
+    LISTENERS = "listeners"  # enabled listener definitions, mirrored by the scheduler
+    LEASES = "leases"  # who runs which listener slot
+    FILE_CHECKPOINTS = "file_checkpoints"  # what each file listener has taken
+    EMAIL_CHECKPOINTS = "email_checkpoints"  # each mailbox's UIDVALIDITY and last UID
+    DEAD_LETTERS = "dead_letters"  # object store: payloads too big for a dead letter
+
+
+def bucket_name(namespace: str, bucket: Bucket) -> str:
+    return f"{namespace}_{bucket.value}"
+
+
 class RunEvent(StrEnum):
     """The last token of a run event subject."""
 

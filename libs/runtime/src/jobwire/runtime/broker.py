@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from jobwire.contracts.deadletter import DeadLetter
 from jobwire.contracts.envelope import CONTENT_TYPE, Contract, Envelope, decode, utcnow
-from jobwire.contracts.subjects import Stream, Subjects
+from jobwire.contracts.subjects import Bucket, Stream, Subjects, bucket_name
 from jobwire.runtime.health import Readiness
 from jobwire.runtime.logs import get_logger
 from jobwire.runtime.settings import ServiceSettings
@@ -508,7 +508,7 @@ class Broker:
         )
 
     async def _store_payload(self, key: str, payload: bytes) -> str:
-        bucket = f"{self.subjects.namespace}_dead_letters"
+        bucket = bucket_name(self.subjects.namespace, Bucket.DEAD_LETTERS)
         try:
             store = await self.js.object_store(bucket)
         except BucketNotFoundError:

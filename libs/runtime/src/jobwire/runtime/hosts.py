@@ -101,7 +101,9 @@ class HostRegistry:
                 log.warning("hosts.deregister_failed", error=str(exc) or type(exc).__name__)
 
 
-async def open_bucket(js: JetStreamContext, bucket: str, *, ttl: float) -> KeyValue:
+async def open_bucket(js: JetStreamContext, bucket: str, *, ttl: float | None = None) -> KeyValue:
+    """KV bucket ``bucket``, created (one value per key, entries expiring after ``ttl``
+    seconds if given) when it does not exist yet."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from jobwire.contracts.subjects import Bucket, bucket_name
 from jobwire.runtime.hosts import open_bucket
 
 
@@ -25,7 +26,7 @@ def lease_key(job_id: str, slot: int) -> str:
 class Leases:
     def __init__(self, js: JetStreamContext, namespace: str, owner: str, ttl: float) -> None:
         self._js = js
-        self._bucket = f"{namespace}_leases"
+        self._bucket = bucket_name(namespace, Bucket.LEASES)
         self._owner = owner.encode()
         self._ttl = ttl
         self._kv: KeyValue | None = None

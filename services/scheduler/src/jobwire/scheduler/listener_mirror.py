@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
-from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from jobwire.contracts.envelope import utcnow
 from jobwire.contracts.job_types import job_types
 from jobwire.contracts.listeners import ListenerDefinition, ListenerParams
 from jobwire.runtime.broker import Broker
+from jobwire.runtime.hosts import open_bucket
 from jobwire.runtime.logs import get_logger
 from jobwire.runtime.waits import wait_any
 from jobwire.scheduler.adapters.store import JobRecord, PostgresJobStore
@@ -109,10 +109,5 @@ class ListenerMirror:
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
             bucket = ListenerDefinition.bucket(self.broker.subjects.namespace)
-            try:
-                self._kv = await self.broker.js.key_value(bucket)
-            except BucketNotFoundError:
-                self._kv = await self.broker.js.create_key_value(
-                    KeyValueConfig(bucket=bucket, history=1)
-                )
+            self._kv = await open_bucket(self.broker.js, bucket)
         return self._kv

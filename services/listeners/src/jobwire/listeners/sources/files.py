@@ -23,13 +23,14 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from jobwire.contracts.listeners import FileListenerParams
+from jobwire.contracts.subjects import Bucket, bucket_name
 from jobwire.listeners.domain.triggers import Trigger
 from jobwire.listeners.sources import SourceContext
+from jobwire.runtime.hosts import open_bucket
 from jobwire.runtime.logs import get_logger
 from jobwire.runtime.storage import Page, Storage, StoredFile, file_object, open_storage
 
@@ -64,13 +65,9 @@ class FileSource:
 
     async def open(self) -> None:
         self._storage = open_storage(self.params.storage, self.ctx.secrets)
-        bucket = f"{self.ctx.namespace}_file_checkpoints"
-        try:
-            self._checkpoints = await self.ctx.js.key_value(bucket)
-        except BucketNotFoundError:
-            self._checkpoints = await self.ctx.js.create_key_value(
-                KeyValueConfig(bucket=bucket, history=1)
-            )
+        self._checkpoints = await open_bucket(
+            self.ctx.js, bucket_name(self.ctx.namespace, Bucket.FILE_CHECKPOINTS)
+        )
 
     async def receive(self, max_items: int, timeout: float) -> Sequence[Trigger]:
         deadline = time.monotonic() + timeout

@@ -67,12 +67,12 @@ from aioimaplib import (  # type: ignore[import-untyped]
     Response,
     quoted,
 )
-from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from jobwire.contracts.listeners import EmailListenerParams
 from jobwire.contracts.objects import FileObject
+from jobwire.contracts.subjects import Bucket, bucket_name
 from jobwire.listeners.domain.emails import (
     EmailParseError,
     ParsedEmail,
@@ -83,6 +83,7 @@ from jobwire.listeners.domain.emails import (
 )
 from jobwire.listeners.domain.triggers import Trigger
 from jobwire.listeners.sources import SourceContext
+from jobwire.runtime.hosts import open_bucket
 from jobwire.runtime.logs import get_logger
 from jobwire.runtime.storage import Storage, file_object, open_storage
 
@@ -867,11 +868,9 @@ class ImapSource:
     # ---------------------------------------------------------- checkpoint
 
     async def _bucket(self) -> KeyValue:
-        bucket = f"{self.ctx.namespace}_email_checkpoints"
-        try:
-            return await self.ctx.js.key_value(bucket)
-        except BucketNotFoundError:
-            return await self.ctx.js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
+        return await open_bucket(
+            self.ctx.js, bucket_name(self.ctx.namespace, Bucket.EMAIL_CHECKPOINTS)
+        )
 
     async def _load(self) -> Checkpoint | None:
         try:
