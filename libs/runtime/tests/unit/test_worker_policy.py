@@ -35,6 +35,8 @@ def test_retry_delay_doubles_from_the_base_up_to_the_cap() -> None:
         10.0,
         10.0,
     ]
+    # A loop failing for days counts its failures into the thousands: still the cap.
+    assert retry_delay(0.4, 100_000, 5.0) == 5.0
 
 
 def test_defaults_come_from_the_service_settings() -> None:

@@ -44,7 +44,7 @@ from jobwire.runtime.health import Readiness
 from jobwire.runtime.logs import get_logger
 from jobwire.runtime.settings import ServiceSettings
 from jobwire.runtime.telemetry import extract_context
-from jobwire.runtime.waits import Stopped, backoff_wait
+from jobwire.runtime.waits import Stopped, backoff_wait, retry_delay
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 #: Header of a dead letter whose payload was too large for NATS: where it is kept instead.
@@ -596,7 +596,7 @@ class Broker:
                 failures += 1
                 log.warning("consume.subscribe_failed", durable=durable, error=str(exc))
                 try:
-                    await backoff_wait(min(0.5 * 2**failures, 10.0), stop)
+                    await backoff_wait(retry_delay(1.0, failures, 10.0), stop)
                 except Stopped:
                     return
         source = dlq_source or durable

@@ -30,7 +30,7 @@ import nats.errors
 
 from jobwire.runtime.broker import MSG_ID_HEADER, Broker, Encoded
 from jobwire.runtime.logs import get_logger
-from jobwire.runtime.waits import Stopped, backoff_wait, wait_any
+from jobwire.runtime.waits import Stopped, backoff_wait, retry_delay, wait_any
 
 log = get_logger("jobwire.outbox")
 
@@ -274,7 +274,7 @@ class OutboxRelay:
                 return  # flushed what could be flushed; the rest waits for any replica
             if failures:
                 try:
-                    await backoff_wait(min(0.2 * 2**failures, 5.0), stop)
+                    await backoff_wait(retry_delay(0.4, failures, 5.0), stop)
                 except Stopped:
                     continue  # one last flush attempt before returning
                 continue

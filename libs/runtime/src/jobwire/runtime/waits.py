@@ -8,9 +8,10 @@ import asyncio
 def retry_delay(base_seconds: float, attempt: int, cap_seconds: float) -> float:
     """Wait before the attempt after ``attempt``: base, 2·base, 4·base … at most ``cap``.
 
-    The one backoff of jobwire's retries (runs, email); pure, so domain code uses it too.
+    The one backoff of jobwire's retries (runs, email, reconnects); pure, so domain code
+    uses it too. Any attempt number is fine: the doubling stops long before a float overflows.
     """
-    return float(min(base_seconds * 2.0 ** max(attempt - 1, 0), cap_seconds))
+    return float(min(base_seconds * 2.0 ** min(max(attempt - 1, 0), 64), cap_seconds))
 
 
 class Stopped(Exception):

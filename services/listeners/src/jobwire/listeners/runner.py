@@ -35,7 +35,7 @@ from jobwire.listeners.settings import ListenerOptions
 from jobwire.listeners.sources import Source
 from jobwire.runtime.broker import Broker, Encoded, PublishContext
 from jobwire.runtime.logs import get_logger
-from jobwire.runtime.waits import Stopped, backoff_wait
+from jobwire.runtime.waits import Stopped, backoff_wait, retry_delay
 
 log = get_logger("jobwire.listeners.runner")
 tracer = trace.get_tracer("jobwire.listeners")
@@ -300,7 +300,7 @@ class SlotRunner:
         errors_counter.add(1, {**self._labels, "stage": stage})
 
     def _backoff(self) -> float:
-        return float(min(self.options.retry_max_seconds, 0.2 * 2 ** min(self._failures, 10)))
+        return retry_delay(0.4, self._failures, self.options.retry_max_seconds)
 
     async def _close(self) -> None:
         try:

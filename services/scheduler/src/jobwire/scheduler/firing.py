@@ -26,7 +26,7 @@ from jobwire.contracts.runs import SkipReason
 from jobwire.runtime.broker import PublishContext
 from jobwire.runtime.db import connection_lost
 from jobwire.runtime.logs import get_logger
-from jobwire.runtime.waits import Stopped, backoff_wait, wait_any
+from jobwire.runtime.waits import Stopped, backoff_wait, retry_delay, wait_any
 from jobwire.scheduler.adapters.store import (
     NOTIFY_CHANNEL,
     JobRecord,
@@ -231,7 +231,7 @@ class Firer:
                 failures += 1
                 log.warning("scheduler.claim_failed", error=repr(exc), failures=failures)
                 try:
-                    await backoff_wait(min(0.5 * 2**failures, 10.0), stop)
+                    await backoff_wait(retry_delay(1.0, failures, 10.0), stop)
                 except Stopped:
                     return
                 continue
