@@ -288,3 +288,35 @@ async def test_a_profile_is_checked_against_the_live_source_when_saved(
     assert "titel" in problems[0].message
     good = service.params(alias)
     assert await check_live(service.broker, "search-incremental", good, timeout=5) == []
+
+
+async def test_a_view_the_user_owns_is_indexed_and_followed_through_its_tables(
+    search_sync: Start, alias: str
+) -> None:
+    service = await search_sync()
+    await caseapp.generate(service.source_url, cases=5)
+    await service.execute(
+        """CREATE VIEW caseapp.case_search AS
+           SELECT c.id, c.title, (SELECT count(*) FROM caseapp.tasks t
+                                  WHERE t.case_id = c.id AND t.state <> 'done') AS open_tasks
+           FROM caseapp.cases c"""
+    )
+    profile = {
+        "view": "caseapp.case_search",
+        "key": ["id"],
+        "view_sources": [
+            {"table": "caseapp.cases", "key": ["id"]},
+            {"table": "caseapp.tasks", "key": ["case_id"]},
+        ],
+    }
+    await service.install(profile)
+    loaded = await service.full_load(alias, profile=profile)
+    assert loaded["indexed"] == 5
+    await service.execute("UPDATE caseapp.tasks SET state = 'todo' WHERE case_id = 2")
+    await service.execute("UPDATE caseapp.cases SET title = 'seen through the view' WHERE id = 3")
+    await service.execute("DELETE FROM caseapp.cases WHERE id = 4")
+    applied = await service.incremental(alias, profile=profile)
+    assert applied["deleted"] == 1
+    assert (await service.document(alias, 2) or {}).get("open_tasks") == 3
+    assert (await service.document(alias, 3) or {}).get("title") == "seen through the view"
+    assert await service.document(alias, 4) is None
