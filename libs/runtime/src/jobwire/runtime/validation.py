@@ -156,8 +156,9 @@ async def check_live(
 
     Its problems (empty: none found), or ``None`` when the params could not be
     checked — no service serves the type, none answered within ``timeout``
-    seconds, it answered with an error, or NATS is unreachable — logged at info:
-    a save goes on then.
+    seconds, it answered with an error, or NATS is unreachable — logged at info
+    (at debug for a type nobody serves: most types have no live check): a save
+    goes on then.
     """
     subject = broker.subjects.validate_params(job_type)
     body = json.dumps({"params": dict(params)}).encode()
@@ -165,7 +166,8 @@ async def check_live(
         msg = await broker.nc.request(subject, body, timeout=timeout)
         return _problems_of(msg.data)
     except nats.errors.NoRespondersError:
-        reason = "no service serves this job type"
+        log.debug("validation.not_served", job_type=job_type)
+        return None
     except nats.errors.TimeoutError:
         reason = f"no answer within {timeout} s"
     except nats.errors.Error as exc:  # closed, reconnecting, over max_payload …
