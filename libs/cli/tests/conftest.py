@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+import structlog
 from cli_harness import ROLES, ApiServer, Jobwire, MailSystem, SearchSystem, create_job
 from starlette.routing import Mount
 
@@ -50,6 +52,24 @@ from jobwire.search_sync.settings import SearchSyncSettings
 from jobwire.testing import wait_for
 from jobwire.testing.admin_api import running_scheduler
 from jobwire.testing.services import InProcessService
+
+
+@pytest.fixture(autouse=True)
+def logs_to_stderr() -> Iterator[None]:
+    """The services running in this process log where the CLI's output is not.
+
+    Unconfigured, structlog prints to whatever ``sys.stdout`` is when a line is
+    logged — inside CliRunner, the command's captured output. (Configured by
+    ``setup_logging``, it writes to the stderr of that moment: left as it is.)
+    """
+    if structlog.is_configured():
+        yield
+        return
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__))
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
