@@ -68,7 +68,7 @@ class _LeaseRunningOut(Exception):
     """Too little of the claim's lease is left for DATA: hand the email back unsent."""
 
 
-class _Recorder:
+class OutcomeRecorder:
     """Records outcomes in groups: one transaction for all that arrived meanwhile.
 
     A send hands its outcome over and waits for it to be committed. If no
@@ -137,7 +137,7 @@ class Sender:
         self.options = options
         self.owner = owner
         self.host = host
-        self._recorder = _Recorder(queue, host)
+        self._recorder = OutcomeRecorder(queue, host)
 
     async def run(self, run: RunContext) -> dict[str, Any]:
         """The `email-send` handler: returns the counts of sent, deferred and failed email."""
@@ -152,8 +152,11 @@ class Sender:
                 f"params.accounts: unknown {', '.join(unknown)}; configured: {configured}"
             )
         accounts = params.accounts or sorted(self.pools)
-        capacity = sum(self.pools[a].account.max_connections for a in accounts) * 2
-        # Claim in batches, not one email per finished send: a claim is a transaction.
+        # Emails in hand: per connection one being sent and one waiting for it, and
+        # as many whose outcome is being committed, so that no connection waits
+        # for the database.
+        capacity = sum(self.pools[a].account.max_connections for a in accounts) * 4
+        # Claim in batches, not one email per finished send: a claim is a round trip.
         refill = max(1, capacity // 4)
         counts: Counter[str] = Counter()
         loop = asyncio.get_running_loop()
