@@ -315,10 +315,10 @@ class MailQueue:
         """Record how each claimed email's attempt ended, with its event; for each, False if
         its claim was lost.
 
-        One statement changes the emails, their attempts, (sent) the
-        conversation log, and forgets the rendered bytes of what is settled,
-        each only where the claim is still ours (same attempt); the events of
-        those go into the outbox in the same transaction. The sender records
+        One statement — one round trip, one transaction — changes the emails,
+        their attempts, (sent) the conversation log, forgets the rendered bytes
+        of what is settled and writes the events into the outbox, each only
+        where the claim is still ours (same attempt). The sender records
         what its servers answered while the previous record was being written
         (a group commit): no outcome waits for others to arrive.
         """
@@ -353,9 +353,13 @@ class MailQueue:
                     "subject": command.subject,
                 }
             )
-        async with self.pool.acquire() as conn, conn.transaction():
-            claimed = await conn.fetch(
-                f"""WITH outcome AS (
+        # Encoded before knowing which claims hold: a lost one is rare, and it costs
+        # an event encoded for nothing rather than a second statement.
+        told = [
+            self.encode(self._outcome_event(o.email, o.settled, o.at), _msg_id(o)) for o in outcomes
+        ]
+        claimed = await self.pool.fetch(
+            f"""WITH outcome AS (
                         SELECT * FROM jsonb_to_recordset($1::jsonb) AS o(
                             id uuid, attempt integer, status text, due_at timestamptz,
                             pending text[], accepted text[], refused jsonb, code integer,
@@ -395,20 +399,23 @@ class MailQueue:
                         -- Settled: no attempt will send these bytes again.
                         DELETE FROM {self.schema}.rendered r USING ours o
                         WHERE r.email_id = o.id AND o.status <> 'deferred'
+                    ), told AS (
+                        -- The outbox rows (PostgresOutbox's base columns) of what is ours.
+                        INSERT INTO {self.outbox.table} (subject, payload, headers)
+                        SELECT m.subject, m.payload, m.headers
+                        FROM unnest($2::uuid[], $3::text[], $4::bytea[], $5::jsonb[])
+                             AS m(id, subject, payload, headers)
+                        JOIN claimed USING (id)
                     )
                     SELECT id FROM claimed""",
-                rows,
-            )
-            ours = {str(r["id"]) for r in claimed}
-            recorded = [o.email.id in ours for o in outcomes]
-            await self.outbox.insert(
-                conn,
-                [
-                    self.encode(self._outcome_event(o.email, o.settled, o.at), _msg_id(o))
-                    for o, kept in zip(outcomes, recorded, strict=True)
-                    if kept
-                ],
-            )
+            rows,
+            [uuid.UUID(o.email.id) for o in outcomes],
+            [m.subject for m in told],
+            [m.payload for m in told],
+            [m.headers for m in told],
+        )
+        ours = {str(r["id"]) for r in claimed}
+        recorded = [o.email.id in ours for o in outcomes]
         if ours:
             self.on_outbox()
         return recorded
