@@ -157,7 +157,7 @@ class Sender:
         # for the database.
         capacity = sum(self.pools[a].account.max_connections for a in accounts) * 4
         # Claim in batches, not one email per finished send: a claim is a round trip.
-        refill = max(1, capacity // 4)
+        refill = max(1, capacity // 2)
         counts: Counter[str] = Counter()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + params.max_seconds
