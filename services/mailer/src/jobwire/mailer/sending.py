@@ -152,10 +152,10 @@ class Sender:
                 f"params.accounts: unknown {', '.join(unknown)}; configured: {configured}"
             )
         accounts = params.accounts or sorted(self.pools)
-        # Emails in hand: per connection one being sent and one waiting for it, and
-        # as many whose outcome is being committed, so that no connection waits
-        # for the database.
-        capacity = sum(self.pools[a].account.max_connections for a in accounts) * 4
+        # Emails in hand, per connection: one being sent, a few waiting for it, and
+        # those whose outcomes are being committed (a commit can take as long as
+        # several sends), so that no connection waits for the database.
+        capacity = sum(self.pools[a].account.max_connections for a in accounts) * 6
         # Claim in batches, not one email per finished send: a claim is a round trip.
         refill = max(1, capacity // 2)
         counts: Counter[str] = Counter()

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+from pydantic_core import to_json
 
 from jobwire.contracts.mail import (
     EmailDeferred,
@@ -335,21 +336,21 @@ class MailQueue:
                     "id": email.id,
                     "attempt": email.attempts,
                     "status": status,
-                    "due_at": (settled.next_attempt_at or now).isoformat(),
+                    "due_at": settled.next_attempt_at or now,
                     "pending": settled.pending,
                     "accepted": settled.accepted,
-                    "refused": [r.model_dump(mode="json") for r in settled.refused],
+                    "refused": settled.refused,
                     "code": settled.code,
                     "reply": settled.reason,
-                    "finished_at": None if status == "deferred" else now.isoformat(),
-                    "at": now.isoformat(),
-                    "recipients": [r.model_dump(mode="json") for r in recipients],
+                    "finished_at": None if status == "deferred" else now,
+                    "at": now,
+                    "recipients": recipients,
                     "message_id": email.message_id,
                     "conversation_id": email.conversation_id,
                     "in_reply_to": command.in_reply_to,
                     "refs": email.references,
-                    "sender": command.from_.model_dump(mode="json") if command.from_ else None,
-                    "to": _addresses([*command.to, *command.cc, *command.bcc]),
+                    "sender": command.from_,
+                    "to": [*command.to, *command.cc, *command.bcc],
                     "subject": command.subject,
                 }
             )
@@ -360,7 +361,7 @@ class MailQueue:
         ]
         claimed = await self.pool.fetch(
             f"""WITH outcome AS (
-                        SELECT * FROM jsonb_to_recordset($1::jsonb) AS o(
+                        SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS o(
                             id uuid, attempt integer, status text, due_at timestamptz,
                             pending text[], accepted text[], refused jsonb, code integer,
                             reply text, finished_at timestamptz, at timestamptz,
@@ -408,7 +409,8 @@ class MailQueue:
                         JOIN claimed USING (id)
                     )
                     SELECT id FROM claimed""",
-            rows,
+            # Models and datetimes to JSON in one pass, as model_dump(mode="json") has them.
+            to_json(rows, by_alias=False).decode(),
             [uuid.UUID(o.email.id) for o in outcomes],
             [m.subject for m in told],
             [m.payload for m in told],
