@@ -12,7 +12,9 @@ sink, attachments from a local storage — so its CPU and RSS come from /proc.
    ``--attachment-every``-th with a 100 KB attachment from the local storage)
    published to the MAIL stream in pipelined batches, then timed until the
    mailer queued all of them (rows in ``mailer.emails``) and until its outbox
-   relayed their `queued` events. No run is due, so nothing is sent yet.
+   relayed their `queued` events. The mailer renders each email as it queues
+   it (every attempt sends those bytes), so intake's CPU includes rendering.
+   No run is due, so nothing is sent yet.
 2. ``mailer`` — one `email-send` run (a JobDue as the scheduler fires it,
    ``max_emails`` = all, a large ``max_seconds``): seconds from publishing the
    JobDue to receiving its RunFinished; the run must report every email sent

@@ -92,3 +92,25 @@ async def test_unreachable_database_is_retried_and_reported() -> None:
     stop.set()
     with pytest.raises(Stopped):
         await asyncio.wait_for(task, timeout=5)
+
+
+@pytest.mark.parametrize(("reset_sessions", "after_release"), [(True, "0"), (False, "1234ms")])
+async def test_a_pool_resets_sessions_on_release_unless_told_not_to(
+    database_url: str, reset_sessions: bool, after_release: str
+) -> None:
+    pool = await connect_pool(database_url, max_size=1, reset_sessions=reset_sessions)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("SET statement_timeout = '1234ms'")
+        # One connection: the next acquire is the same session.
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW statement_timeout") == after_release
+            # Either way an open transaction never outlives its release.
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute("CREATE TEMP TABLE left_open (x int)")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+    finally:
+        await pool.close()

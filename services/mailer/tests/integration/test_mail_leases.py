@@ -26,7 +26,7 @@ from jobwire.contracts.mail import MailEvent
 from jobwire.contracts.runs import RunProgress
 from jobwire.contracts.subjects import RunEvent
 from jobwire.mailer.adapters.attachments import AttachmentStore
-from jobwire.mailer.adapters.queue import MailQueue
+from jobwire.mailer.adapters.queue import MailQueue, Outcome
 from jobwire.mailer.adapters.smtp import SmtpPool
 from jobwire.mailer.domain.delivery import AttemptResult, Reply, settle
 from jobwire.mailer.main import encoder
@@ -266,3 +266,53 @@ async def test_a_graceful_stop_hands_back_the_emails_not_yet_at_data(
         ["slow-data@example.com"],
         ["slow-rcpt@example.com"],
     ]
+
+
+async def test_outcomes_recorded_together_keep_each_claims_check(
+    mailer, smtp_server, command, account, queue_of
+) -> None:  # type: ignore[no-untyped-def]
+    """One record of three outcomes (a group commit) whose middle email was taken
+    over meanwhile: the other two are recorded with their events; that one is
+    refused, changes nothing and tells nothing."""
+    service = await mailer(accounts={"default": account(smtp_server, **FAST)}, lease_seconds=LEASE)
+    queue = await queue_of(service)
+    ids = [await service.send(command()) for _ in range(3)]
+    for email_id in ids:
+        await service.event(email_id, MailEvent.QUEUED)
+    claimed = {e.id: e for e in await queue.claim("s", "h", 10, ["default"], LEASE, utcnow())}
+    assert sorted(claimed) == sorted(ids)
+    # Another sender took the second one over (its lease ran out): attempt 2 is theirs.
+    await service.pool.execute(
+        "UPDATE mailer.emails SET attempts = 2, claimed_by = 'other' WHERE id = $1",
+        uuid.UUID(ids[1]),
+    )
+
+    def sent(email: Any) -> Outcome:
+        rcpt = email.pending[0]
+        result = AttemptResult(Reply(250, "2.0.0 OK"), {rcpt: Reply(250, "2.1.5 OK")})
+        settled = settle(
+            result,
+            pending=email.pending,
+            accepted_before=[],
+            refused_before=[],
+            attempt=email.attempts,
+            queued_at=email.queued_at,
+            now=utcnow(),
+            retry_base_seconds=1,
+            retry_max_seconds=1,
+            max_defer_seconds=60,
+        )
+        return Outcome(claimed[email.id], settled, utcnow())
+
+    recorded = await queue.record_many([sent(claimed[i]) for i in ids], "h")
+
+    assert recorded == [True, False, True]
+    assert [await service.status(i) for i in ids] == ["sent", "sending", "sent"]
+    for email_id in (ids[0], ids[2]):
+        event = await service.event(email_id, MailEvent.SENT)
+        assert event.attempt == 1
+        assert await attempts_of(service, email_id) == [(1, "h", "sent")]
+    assert [e.event for e in await service.events(ids[1])] == ["queued"]
+    assert await attempts_of(service, ids[1]) == [(1, "h", None)]
+    logged = await service.pool.fetch("SELECT email_id FROM mailer.messages")
+    assert sorted(str(r["email_id"]) for r in logged) == sorted([ids[0], ids[2]])

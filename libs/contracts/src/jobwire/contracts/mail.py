@@ -100,7 +100,9 @@ class SendEmail(Contract):
     text: str | None = Field(default=None, description="Plain-text body.")
     html: str | None = Field(default=None, description="HTML body.")
     attachments: list[Attachment] = Field(
-        default_factory=list, description="Files to attach, read from storage when sending."
+        default_factory=list,
+        description="Files to attach, read from storage when the email is queued (and, "
+        "for a message too large to keep, when it is sent).",
     )
     headers: dict[str, str] = Field(
         default_factory=dict,

@@ -153,6 +153,10 @@ async def _json_codecs(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without the session reset (asyncpg still rolls back an open transaction)."""
+
+
 async def connect_pool(
     dsn: str,
     *,
@@ -160,14 +164,27 @@ async def connect_pool(
     readiness: Readiness | None = None,
     stop: asyncio.Event | None = None,
     max_backoff: float = 10.0,
+    reset_sessions: bool = True,
 ) -> asyncpg.Pool:
-    """Create a pool, retrying with backoff while the database is unreachable."""
+    """Create a pool, retrying with backoff while the database is unreachable.
+
+    ``reset_sessions=False`` skips asyncpg's reset on every release (a round trip
+    of ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``), for a
+    service that leaves no session state behind: no LISTEN, session SET,
+    session advisory lock or cursor outside a transaction.
+    """
     readiness = readiness or Readiness()
     delay, attempt = 0.2, 0
     while True:
         attempt += 1
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, init=_json_codecs)
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=1,
+                max_size=max_size,
+                init=_json_codecs,
+                reset=None if reset_sessions else _keep_session,
+            )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             readiness.set("database", False, f"unreachable: {type(exc).__name__}")
             log.warning(

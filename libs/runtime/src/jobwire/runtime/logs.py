@@ -47,6 +47,9 @@ def setup_logging(
     )
     structlog.configure(
         processors=[
+            # First: a line below the level costs a level check, not the whole chain
+            # (services log per message at INFO and run at WARNING under load).
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

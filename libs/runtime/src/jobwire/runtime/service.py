@@ -88,6 +88,9 @@ class ServiceSpec:
     # Settings `jobwire dev` applies on top of the environment (e.g. a sample job),
     # given the folder it keeps its data in.
     dev_overrides: Callable[[Path], dict[str, Any]] = lambda _: {}
+    # False: pooled connections are not reset on release (see connect_pool), for a
+    # service whose SQL leaves no session state behind.
+    reset_db_sessions: bool = True
 
 
 async def run_service(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
@@ -120,6 +123,7 @@ async def run_service(spec: ServiceSpec, settings: ServiceSettings, stop: asynci
                 max_size=settings.database_pool_max,
                 readiness=readiness,
                 stop=stop,
+                reset_sessions=spec.reset_db_sessions,
             )
             await migrate(ctx.db, spec.schema or spec.name, load_migrations(spec.migrations))
         hosts = HostRegistry(

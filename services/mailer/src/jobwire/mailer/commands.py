@@ -5,11 +5,18 @@ account and its secrets, attachments — so what can be refused up front is
 refused with the field named, not failed later. A refused command is still
 recorded, as a failed email with its reason, so the app that sent it can
 look it up by its key.
+
+An accepted command is rendered here, once: the queue keeps its bytes for
+every attempt (see rendering.py), and what only rendering can find — a header
+that would not be one field, a message over the account's size — is refused
+up front too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
 
 from jobwire.contracts.envelope import utcnow
 from jobwire.contracts.mail import SendEmail, email_id
@@ -23,6 +30,7 @@ from jobwire.mailer.domain.message import (
     message_id,
     references_for,
 )
+from jobwire.mailer.rendering import render_with_attachments, size_problem
 from jobwire.mailer.settings import MailerOptions
 from jobwire.runtime.secrets import SecretNotFound
 
@@ -62,6 +70,8 @@ class Gate:
         problems = await self.check(command, subject_account)
         accepted = await self._accepted(command)
         now = utcnow()
+        if not problems:
+            accepted, problems = await self._rendered(accepted, now)
         if problems:
             email, new = await self.queue.refuse(accepted, "; ".join(map(str, problems)), now)
             if new:
@@ -103,6 +113,39 @@ class Gate:
             command.attachments, self.options.max_attachment_bytes
         )
         return problems
+
+    async def _rendered(
+        self, accepted: Accepted, now: datetime
+    ) -> tuple[Accepted, list[InvalidCommand]]:
+        """``accepted`` with its DATA when it is small enough to keep, or why it cannot be sent.
+
+        ``now`` is when it is queued: its Date. A message whose attachments alone
+        are over ``keep_rendered_bytes`` is not rendered (nor its attachments read)
+        here: each attempt renders it.
+        """
+        command = accepted.command
+        keep = self.options.keep_rendered_bytes
+        if sum(a.file.size for a in command.attachments) > keep:
+            return accepted, []
+        pool = self.pools[command.account]  # check() refused an unknown account
+        try:
+            rendered = await render_with_attachments(
+                command,
+                account=pool.account,
+                message_id=accepted.message_id,
+                date=now,
+                references=accepted.references,
+                attachments=self.attachments,
+                max_attachment_bytes=self.options.max_attachment_bytes,
+            )
+        except InvalidCommand as exc:
+            return accepted, [exc]
+        problem = size_problem(len(rendered.data), pool.account, command.account)
+        if problem is not None:
+            return accepted, [problem]
+        if len(rendered.data) > keep:
+            return accepted, []
+        return replace(accepted, rendered=rendered), []
 
     async def _accepted(self, command: SendEmail) -> Accepted:
         pool = self.pools.get(command.account)

@@ -4,8 +4,11 @@ A run claims due emails (new, deferred whose time has come, `send_at`
 reached, or claimed by a sender that vanished) and sends them over its
 accounts' connection pools, as many at once as the pools have connections,
 claiming more as sends finish, until nothing is due or the run's limits are
-reached. Each email is recorded the moment its server answered, in its own
-transaction.
+reached. Each email goes out as the bytes it was rendered to when it was
+queued (a message too large to keep is rendered again, to the same bytes).
+An outcome is recorded as soon as its server answered: the outcomes that
+arrived while the previous record was being written are written together, in
+one transaction (a group commit: none waits for others to arrive).
 
 Crash semantics — SMTP has no transaction spanning the server and us:
     * before DATA went out (claimed, connecting, MAIL, RCPT): nothing was
@@ -14,9 +17,10 @@ Crash semantics — SMTP has no transaction spanning the server and us:
       ``data_timeout_seconds`` left, so a send that began late (waiting for
       a pooled connection, the rate limit, slow steps) never overlaps the
       next sender's: it is handed back instead (``lease_short``).
-    * after the server accepted DATA and before the outcome was committed:
-      the email was delivered but the queue still says sending; when the
-      lease runs out it is sent again. This is the one window that can
+    * after the server accepted DATA and before the outcome was committed
+      (its own record, or the one under way when its reply came, then its
+      own): the email was delivered but the queue still says sending; when
+      the lease runs out it is sent again. This is the one window that can
       send an email twice; the resend has the same Message-ID (and the same
       bytes), so receivers that de-duplicate on it drop it.
     * after the outcome was committed: the event is in the outbox, and the
@@ -30,15 +34,15 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from jobwire.contracts.envelope import utcnow
 from jobwire.contracts.mail import EmailSendParams
-from jobwire.contracts.objects import EmailAddress
 from jobwire.mailer.adapters.attachments import AttachmentStore
-from jobwire.mailer.adapters.queue import MailQueue, QueuedEmail
+from jobwire.mailer.adapters.queue import MailQueue, Outcome, QueuedEmail
 from jobwire.mailer.adapters.smtp import (
     CONNECTION_ERRORS,
     SmtpLoginError,
@@ -46,9 +50,10 @@ from jobwire.mailer.adapters.smtp import (
     Stale,
     transact,
 )
-from jobwire.mailer.domain.addresses import InvalidCommand, needs_smtputf8, normalize_address
-from jobwire.mailer.domain.delivery import AttemptResult, Reply, settle
-from jobwire.mailer.domain.message import build_message, check_without_smtputf8, render
+from jobwire.mailer.domain.addresses import InvalidCommand
+from jobwire.mailer.domain.delivery import AttemptResult, Reply, Settled, settle
+from jobwire.mailer.domain.message import Rendered, check_without_smtputf8, envelope_sender
+from jobwire.mailer.rendering import account_sender, render_with_attachments, size_problem
 from jobwire.mailer.settings import MailerOptions
 from jobwire.runtime.logs import get_logger
 from jobwire.runtime.secrets import SecretNotFound
@@ -61,6 +66,58 @@ PROGRESS_SECONDS = 2.0
 
 class _LeaseRunningOut(Exception):
     """Too little of the claim's lease is left for DATA: hand the email back unsent."""
+
+
+class OutcomeRecorder:
+    """Records outcomes in groups: one transaction for all that arrived meanwhile.
+
+    A send hands its outcome over and waits for it to be committed. If no
+    record is being written, one starts at once with what is there; outcomes
+    that arrive while it is written go into the next one. So an outcome waits
+    at most for one record before its own, and a busy sender writes one
+    record per handful of emails instead of one per email. A send cancelled
+    while it waits still has its outcome recorded (its server answered).
+    """
+
+    def __init__(self, queue: MailQueue, host: str) -> None:
+        self.queue = queue
+        self.host = host
+        self._waiting: list[tuple[Outcome, asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, email: QueuedEmail, settled: Settled, now: datetime) -> bool:
+        """True once recorded; False if the claim was lost (another sender has the email)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((Outcome(email, settled, now), future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        return await future
+
+    async def idle(self) -> None:
+        """Wait until every outcome handed over is recorded (or failed to be)."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    async def _write(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    recorded = await self.queue.record_many([o for o, _ in batch], self.host)
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), ok in zip(batch, recorded, strict=True):
+                    if not future.done():
+                        future.set_result(ok)
+        finally:
+            self._writer = None
+            # Only if this task was cancelled (the loop is closing): nobody must wait forever.
+            for _, future in self._waiting:
+                future.cancel()
+            self._waiting = []
 
 
 class Sender:
@@ -80,6 +137,7 @@ class Sender:
         self.options = options
         self.owner = owner
         self.host = host
+        self._recorder = OutcomeRecorder(queue, host)
 
     async def run(self, run: RunContext) -> dict[str, Any]:
         """The `email-send` handler: returns the counts of sent, deferred and failed email."""
@@ -94,9 +152,12 @@ class Sender:
                 f"params.accounts: unknown {', '.join(unknown)}; configured: {configured}"
             )
         accounts = params.accounts or sorted(self.pools)
-        capacity = sum(self.pools[a].account.max_connections for a in accounts) * 2
-        # Claim in batches, not one email per finished send: a claim is a transaction.
-        refill = max(1, capacity // 4)
+        # Emails in hand, per connection: one being sent, a few waiting for it, and
+        # those whose outcomes are being committed (a commit can take as long as
+        # several sends), so that no connection waits for the database.
+        capacity = sum(self.pools[a].account.max_connections for a in accounts) * 6
+        # Claim in batches, not one email per finished send: a claim is a round trip.
+        refill = max(1, capacity // 2)
         counts: Counter[str] = Counter()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + params.max_seconds
@@ -139,6 +200,8 @@ class Sender:
                 for task in sending:
                     task.cancel()
                 await asyncio.gather(*sending, return_exceptions=True)
+            # What the servers answered is recorded before the run reports.
+            await self._recorder.idle()
         result = {key: counts[key] for key in ("sent", "deferred", "failed")}
         await run.progress(message=_summary(result), counters=dict(counts))
         return result
@@ -182,7 +245,7 @@ class Sender:
             retry_max_seconds=self.options.retry_max_seconds,
             max_defer_seconds=self.options.max_defer_seconds,
         )
-        recorded = await self.queue.record(email, settled, self.host, now)
+        recorded = await self._recorder.record(email, settled, now)
         if not recorded:
             # Our lease ran out and another sender took the email meanwhile.
             counts["lease_lost"] += 1
@@ -203,33 +266,15 @@ class Sender:
         pool = self.pools.get(email.account)
         if pool is None:
             return _refusal(f"account: unknown account {email.account!r}")
+        account = pool.account
         try:
-            attachments = [
-                (
-                    attachment,
-                    await self.attachments.read(attachment, n, self.options.max_attachment_bytes),
-                )
-                for n, attachment in enumerate(email.command.attachments)
-            ]
+            rendered = email.rendered or await self._render(email, pool)
         except InvalidCommand as exc:
             return _refusal(str(exc))
-        account = pool.account
-        sender_address = EmailAddress(address=account.from_address, name=account.from_name)
-        message = build_message(
-            email.command,
-            account_from=sender_address,
-            message_id=email.message_id,
-            date=email.queued_at,
-            references=email.references,
-            attachments=attachments,
-        )
-        envelope_from = normalize_address((email.command.from_ or sender_address).address)
-        # SMTPUTF8 only where an address needs it: raw UTF-8 headers would make a
-        # server that offers it but relays to one that does not bounce the email.
-        needs_utf8 = bool(check_without_smtputf8(email.command)) or needs_smtputf8(envelope_from)
+        envelope_from = envelope_sender(email.command, account_sender(account))
 
-        def rendered(offered: bool) -> bytes:
-            if needs_utf8 and not offered:
+        def usable(offered: bool) -> bytes:
+            if rendered.smtputf8 and not offered:
                 problems = check_without_smtputf8(email.command)
                 raise (
                     problems[0]
@@ -238,14 +283,10 @@ class Sender:
                         "from", "the local part is not ASCII and the server does not offer SMTPUTF8"
                     )
                 )
-            data = render(message, smtputf8=needs_utf8)
-            if len(data) > account.max_message_bytes:
-                raise InvalidCommand(
-                    "attachments",
-                    f"the message is {len(data)} bytes; the account {email.account!r} sends "
-                    f"at most {account.max_message_bytes}",
-                )
-            return data
+            problem = size_problem(len(rendered.data), account, email.account)
+            if problem is not None:
+                raise problem
+            return rendered.data
 
         for reuse in (True, False):
             try:
@@ -254,7 +295,7 @@ class Sender:
                         smtp,
                         envelope_from,
                         email.pending,
-                        rendered,
+                        usable,
                         account=account,
                         reused=reuse,
                         before_data=data_started,
@@ -272,6 +313,18 @@ class Sender:
             except CONNECTION_ERRORS as exc:
                 return AttemptResult(Reply(None, _connection_problem(account.host, exc)))
         return AttemptResult(Reply(None, f"{account.host}: the connection closed at once, twice"))
+
+    async def _render(self, email: QueuedEmail, pool: SmtpPool) -> Rendered:
+        """A message too large to keep when queued: rendered again, to the same bytes."""
+        return await render_with_attachments(
+            email.command,
+            account=pool.account,
+            message_id=email.message_id,
+            date=email.queued_at,
+            references=email.references,
+            attachments=self.attachments,
+            max_attachment_bytes=self.options.max_attachment_bytes,
+        )
 
 
 def _refusal(reason: str) -> AttemptResult:

@@ -103,6 +103,12 @@ class MailerOptions(BaseModel):
         gt=0,
         description="an email still deferred this long after it was queued is failed",
     )
+    keep_rendered_bytes: int = Field(
+        1 * MIB,
+        ge=0,
+        description="an email is rendered when queued and kept up to this size for every "
+        "attempt to send; a larger one is rendered (its attachments read) at each attempt",
+    )
     intake_batch: int = Field(100, ge=1, le=10_000, description="commands taken per step")
     scheduler_url: HttpUrl | None = Field(
         None,

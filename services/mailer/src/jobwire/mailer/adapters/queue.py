@@ -8,6 +8,10 @@ in ``claimed_by`` and the lease's end in ``due_at``; an outcome is recorded
 only while the claim is still the sender's (same attempt), so a sender that
 lost its lease (it stalled past ``lease_seconds``) cannot overwrite what the
 next sender did.
+
+Sending costs a few statements per batch of emails, not per email: a claim is
+one statement (the emails, their attempts, their rendered bytes), and the
+outcomes the servers gave meanwhile are recorded together (:meth:`MailQueue.record_many`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+from pydantic_core import to_json
 
 from jobwire.contracts.mail import (
     EmailDeferred,
@@ -32,6 +37,7 @@ from jobwire.contracts.mail import (
 from jobwire.contracts.objects import EmailAddress
 from jobwire.mailer.domain.contacts import Contact
 from jobwire.mailer.domain.delivery import Settled
+from jobwire.mailer.domain.message import Rendered
 from jobwire.runtime.outbox import OutboxMessage, PostgresOutbox
 
 SCHEMA = "mailer"
@@ -52,6 +58,7 @@ class Accepted:
     conversation_id: str | None
     references: list[str]
     recipients: list[str]  # the envelope: to + cc + bcc, normalised, once each
+    rendered: Rendered | None = None  # its DATA, when small enough to keep
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,17 @@ class QueuedEmail:
     last_code: int | None
     last_reply: str | None
     finished_at: datetime | None
+    # What it was rendered to when queued, as a claim returns it (None: render it now).
+    rendered: Rendered | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one claimed email's attempt ended, to record."""
+
+    email: QueuedEmail
+    settled: Settled
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +138,11 @@ def _email(row: asyncpg.Record) -> QueuedEmail:
         last_code=row["last_code"],
         last_reply=row["last_reply"],
         finished_at=row["finished_at"],
+        rendered=(
+            None
+            if row.get("rendered_data") is None
+            else Rendered(row["rendered_data"], row["rendered_smtputf8"])
+        ),
     )
 
 
@@ -143,14 +166,21 @@ class MailQueue:
         """Queue an email; (the email, True) if new, (the one queued before, False) if not."""
         command = accepted.command
         due = command.send_at or now
+        rendered = accepted.rendered
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                f"""INSERT INTO {self.schema}.emails
-                    (id, idempotency_key, account, message_id, conversation_id, command, refs,
-                     status, queued_at, due_at, pending)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10)
-                    ON CONFLICT (id) DO NOTHING
-                    RETURNING *""",
+                f"""WITH queued AS (
+                        INSERT INTO {self.schema}.emails
+                        (id, idempotency_key, account, message_id, conversation_id, command, refs,
+                         status, queued_at, due_at, pending)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10)
+                        ON CONFLICT (id) DO NOTHING
+                        RETURNING *
+                    ), kept AS (
+                        INSERT INTO {self.schema}.rendered (email_id, data, smtputf8)
+                        SELECT id, $11::bytea, $12::boolean FROM queued WHERE $11::bytea IS NOT NULL
+                    )
+                    SELECT * FROM queued""",
                 uuid.UUID(accepted.email_id),
                 command.idempotency_key,
                 command.account,
@@ -161,6 +191,8 @@ class MailQueue:
                 now,
                 due,
                 accepted.recipients,
+                rendered.data if rendered else None,
+                rendered.smtputf8 if rendered else None,
             )
             if row is None:
                 existing = await self._get(conn, accepted.email_id)
@@ -223,35 +255,38 @@ class MailQueue:
 
         Due: queued or deferred with ``due_at`` passed, or sending with its
         lease run out (its sender vanished). ``SKIP LOCKED`` lets replicas
-        claim side by side; the attempt is counted and recorded here.
+        claim side by side; the attempt is counted and recorded here. Each
+        comes with the bytes it was rendered to when queued, if they were kept.
+        One statement, so one round trip and its own transaction.
         """
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                f"""WITH due AS (
-                        SELECT id FROM {self.schema}.emails
-                        WHERE status IN ('queued', 'sending', 'deferred')
-                          AND due_at <= $1 AND account = ANY($2::text[])
-                        ORDER BY due_at
-                        LIMIT $3
-                        FOR UPDATE SKIP LOCKED
-                    )
+        rows = await self.pool.fetch(
+            f"""WITH due AS (
+                    SELECT id FROM {self.schema}.emails
+                    WHERE status IN ('queued', 'sending', 'deferred')
+                      AND due_at <= $1 AND account = ANY($2::text[])
+                    ORDER BY due_at
+                    LIMIT $3
+                    FOR UPDATE SKIP LOCKED
+                ), claimed AS (
                     UPDATE {self.schema}.emails e
                     SET status = 'sending', attempts = e.attempts + 1, claimed_by = $4,
                         due_at = $1 + $5::interval
                     FROM due WHERE e.id = due.id
-                    RETURNING e.*""",
-                now,
-                list(accounts),
-                limit,
-                owner,
-                timedelta(seconds=lease_seconds),
-            )
-            if rows:
-                await conn.executemany(
-                    f"""INSERT INTO {self.schema}.attempts (email_id, attempt, host, started_at)
-                        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
-                    [(r["id"], r["attempts"], host, now) for r in rows],
+                    RETURNING e.*
+                ), started AS (
+                    INSERT INTO {self.schema}.attempts (email_id, attempt, host, started_at)
+                    SELECT id, attempts, $6, $1 FROM claimed
+                    ON CONFLICT DO NOTHING
                 )
+                SELECT claimed.*, r.data AS rendered_data, r.smtputf8 AS rendered_smtputf8
+                FROM claimed LEFT JOIN {self.schema}.rendered r ON r.email_id = claimed.id""",
+            now,
+            list(accounts),
+            limit,
+            owner,
+            timedelta(seconds=lease_seconds),
+            host,
+        )
         return [_email(r) for r in rows]
 
     async def release(self, email: QueuedEmail, now: datetime) -> None:
@@ -273,74 +308,119 @@ class MailQueue:
             )
 
     async def record(self, email: QueuedEmail, settled: Settled, host: str, now: datetime) -> bool:
-        """Record how ``email``'s attempt ended, with its event; False if the claim was lost.
+        """Record how ``email``'s attempt ended, with its event; False if the claim was lost."""
+        [recorded] = await self.record_many([Outcome(email, settled, now)], host)
+        return recorded
 
-        One statement changes the email, its attempt and (sent) the conversation
-        log, each only if the claim is still ours; the event goes into the outbox
-        in the same transaction. Recorded for each email as soon as its server
-        answered: batching outcomes would widen the window that can send twice.
+    async def record_many(self, outcomes: Sequence[Outcome], host: str) -> list[bool]:
+        """Record how each claimed email's attempt ended, with its event; for each, False if
+        its claim was lost.
+
+        One statement — one round trip, one transaction — changes the emails,
+        their attempts, (sent) the conversation log, forgets the rendered bytes
+        of what is settled and writes the events into the outbox, each only
+        where the claim is still ours (same attempt). The sender records
+        what its servers answered while the previous record was being written
+        (a group commit): no outcome waits for others to arrive.
         """
-        status = settled.outcome
-        event = self._outcome_event(email, settled, now)
-        msg_id = f"mail:{email.id}:{status}"
-        if status == "deferred":
-            msg_id += f":{email.attempts}"
-        recipients = settled.deferred if status == "deferred" else settled.refused
-        command = email.command
-        async with self.pool.acquire() as conn, conn.transaction():
-            claimed = await conn.fetchval(
-                f"""WITH claimed AS (
-                        UPDATE {self.schema}.emails
-                        SET status = $3, due_at = $4, claimed_by = NULL, pending = $5,
-                            accepted = $6, refused = $7, last_code = $8, last_reply = $9,
-                            finished_at = $10
-                        WHERE id = $1 AND status = 'sending' AND attempts = $2
-                        RETURNING id
+        if not outcomes:
+            return []
+        rows = []
+        for outcome in outcomes:
+            email, settled, now = outcome.email, outcome.settled, outcome.at
+            status = settled.outcome
+            command = email.command
+            recipients = settled.deferred if status == "deferred" else settled.refused
+            rows.append(
+                {
+                    "id": email.id,
+                    "attempt": email.attempts,
+                    "status": status,
+                    "due_at": settled.next_attempt_at or now,
+                    "pending": settled.pending,
+                    "accepted": settled.accepted,
+                    "refused": settled.refused,
+                    "code": settled.code,
+                    "reply": settled.reason,
+                    "finished_at": None if status == "deferred" else now,
+                    "at": now,
+                    "recipients": recipients,
+                    "message_id": email.message_id,
+                    "conversation_id": email.conversation_id,
+                    "in_reply_to": command.in_reply_to,
+                    "refs": email.references,
+                    "sender": command.from_,
+                    "to": [*command.to, *command.cc, *command.bcc],
+                    "subject": command.subject,
+                }
+            )
+        # Encoded before knowing which claims hold: a lost one is rare, and it costs
+        # an event encoded for nothing rather than a second statement.
+        told = [
+            self.encode(self._outcome_event(o.email, o.settled, o.at), _msg_id(o)) for o in outcomes
+        ]
+        claimed = await self.pool.fetch(
+            f"""WITH outcome AS (
+                        SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS o(
+                            id uuid, attempt integer, status text, due_at timestamptz,
+                            pending text[], accepted text[], refused jsonb, code integer,
+                            reply text, finished_at timestamptz, at timestamptz,
+                            recipients jsonb, message_id text, conversation_id text,
+                            in_reply_to text, refs text[], sender jsonb, "to" jsonb,
+                            subject text)
+                    ), claimed AS (
+                        UPDATE {self.schema}.emails e
+                        SET status = o.status, due_at = o.due_at, claimed_by = NULL,
+                            pending = o.pending, accepted = o.accepted, refused = o.refused,
+                            last_code = o.code, last_reply = o.reply, finished_at = o.finished_at
+                        FROM outcome o
+                        WHERE e.id = o.id AND e.status = 'sending' AND e.attempts = o.attempt
+                        RETURNING e.id
+                    ), ours AS (
+                        SELECT o.* FROM outcome o JOIN claimed USING (id)
                     ), attempt AS (
-                        UPDATE {self.schema}.attempts
-                        SET ended_at = $11, outcome = $3, code = $8, reply = $9,
-                            recipients = $12
-                        WHERE email_id = $1 AND attempt = $2 AND EXISTS (SELECT FROM claimed)
+                        UPDATE {self.schema}.attempts a
+                        SET ended_at = o.at, outcome = o.status, code = o.code, reply = o.reply,
+                            recipients = o.recipients
+                        FROM ours o WHERE a.email_id = o.id AND a.attempt = o.attempt
                     ), logged AS (
                         INSERT INTO {self.schema}.messages
                         (message_id, direction, conversation_id, email_id, in_reply_to, refs,
                          sender, recipients, subject, at)
-                        SELECT $13::text, 'sent', $14::text, claimed.id, $15::text, $16::text[],
-                               $17::jsonb, $18::jsonb, $19::text, $11
-                        FROM claimed WHERE $3 = 'sent'
+                        SELECT message_id, 'sent', conversation_id, id, in_reply_to, refs,
+                               sender, "to", subject, at
+                        FROM ours WHERE status = 'sent'
                         ON CONFLICT (message_id) DO UPDATE SET
                             -- A copy of our own email (a Cc to a watched mailbox) logged
                             -- first as received: what we sent is the truth about it.
                             direction = 'sent', conversation_id = EXCLUDED.conversation_id,
                             email_id = EXCLUDED.email_id, refs = EXCLUDED.refs,
                             recipients = EXCLUDED.recipients
+                    ), forgotten AS (
+                        -- Settled: no attempt will send these bytes again.
+                        DELETE FROM {self.schema}.rendered r USING ours o
+                        WHERE r.email_id = o.id AND o.status <> 'deferred'
+                    ), told AS (
+                        -- The outbox rows (PostgresOutbox's base columns) of what is ours.
+                        INSERT INTO {self.outbox.table} (subject, payload, headers)
+                        SELECT m.subject, m.payload, m.headers
+                        FROM unnest($2::uuid[], $3::text[], $4::bytea[], $5::jsonb[])
+                             AS m(id, subject, payload, headers)
+                        JOIN claimed USING (id)
                     )
-                    SELECT count(*) FROM claimed""",
-                uuid.UUID(email.id),
-                email.attempts,
-                status,
-                settled.next_attempt_at or now,
-                settled.pending,
-                settled.accepted,
-                [r.model_dump(mode="json") for r in settled.refused],
-                settled.code,
-                settled.reason,
-                None if status == "deferred" else now,
-                now,
-                [r.model_dump(mode="json") for r in recipients],
-                email.message_id,
-                email.conversation_id,
-                command.in_reply_to,
-                email.references,
-                command.from_.model_dump(mode="json") if command.from_ else None,
-                _addresses([*command.to, *command.cc, *command.bcc]),
-                command.subject,
-            )
-            if not claimed:
-                return False
-            await self._tell(conn, event, msg_id)
-        self.on_outbox()
-        return True
+                    SELECT id FROM claimed""",
+            # Models and datetimes to JSON in one pass, as model_dump(mode="json") has them.
+            to_json(rows, by_alias=False).decode(),
+            [uuid.UUID(o.email.id) for o in outcomes],
+            [m.subject for m in told],
+            [m.payload for m in told],
+            [m.headers for m in told],
+        )
+        ours = {str(r["id"]) for r in claimed}
+        recorded = [o.email.id in ours for o in outcomes]
+        if ours:
+            self.on_outbox()
+        return recorded
 
     def _outcome_event(self, email: QueuedEmail, settled: Settled, now: datetime) -> EmailEvent:
         about = self._about(email)
@@ -596,6 +676,14 @@ class MailQueue:
             limit,
         )
         return [dict(r) for r in rows]
+
+
+def _msg_id(outcome: Outcome) -> str:
+    """The event's Nats-Msg-Id: one sent or failed per email, one deferred per attempt."""
+    msg_id = f"mail:{outcome.email.id}:{outcome.settled.outcome}"
+    if outcome.settled.outcome == "deferred":
+        msg_id += f":{outcome.email.attempts}"
+    return msg_id
 
 
 class ContactsRace(RuntimeError):

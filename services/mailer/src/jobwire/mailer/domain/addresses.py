@@ -28,6 +28,7 @@ Limits are counted in octets of UTF-8: local part 64, whole address 254
 from __future__ import annotations
 
 import email.policy
+import functools
 import unicodedata
 
 import idna
@@ -78,6 +79,8 @@ def address_key(address: str) -> str:
     return f"{local.lower()}@{ascii_domain(domain)}"
 
 
+# Every address of every email is normalised, and a few domains make most of them.
+@functools.lru_cache(maxsize=1024)
 def ascii_domain(domain: str) -> str:
     """A domain as IDNA 2008 A-labels, lower-case; :class:`ValueError` if it is not one."""
     if not domain:

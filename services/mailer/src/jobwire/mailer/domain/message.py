@@ -22,6 +22,11 @@ Order of use (the caller does the I/O between the steps):
    read them: a server offering the extension says nothing about the reader.
 5. :func:`render` gives the bytes for DATA; :func:`envelope_recipients` the RCPT TOs.
 
+:func:`render_email` does steps 3 to 5 at once, as the mailer does when an email
+is queued: it renders under SMTPUTF8 only when an address needs it, and says so
+(:class:`Rendered`), so that the bytes can be kept and sent as they are by every
+attempt, to whichever server.
+
 The MIME tree, as mail clients expect it::
 
     multipart/mixed                 only with attachments
@@ -56,6 +61,7 @@ import hashlib
 import mimetypes
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from email import policy as email_policy
 from email.generator import BytesGenerator
@@ -86,15 +92,18 @@ from jobwire.mailer.domain.addresses import (
 __all__ = [
     "MAX_REFERENCES",
     "RESERVED_HEADERS",
+    "Rendered",
     "attachment_content_type",
     "attachment_filename",
     "build_message",
     "check_command",
     "check_without_smtputf8",
     "envelope_recipients",
+    "envelope_sender",
     "message_id",
     "references_for",
     "render",
+    "render_email",
 ]
 
 # Set by the mailer itself, or by the servers on the way: a caller's value
@@ -322,6 +331,52 @@ def _set_boundaries(message: EmailMessage, message_id: str) -> None:
             if not inner.is_multipart():
                 digest.update(str(inner.get_payload()).encode())
         part.set_boundary(f"=_{digest.hexdigest()[:40]}")
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """An email's DATA, rendered once, as every attempt sends it.
+
+    ``smtputf8``: rendered with raw UTF-8 headers because an address of the
+    email needs SMTPUTF8; only a server that offers the extension can take it.
+    """
+
+    data: bytes
+    smtputf8: bool
+
+
+def envelope_sender(command: SendEmail, account_from: EmailAddress) -> str:
+    """MAIL FROM: the command's From, else the account's, normalised."""
+    return normalize_address((command.from_ or account_from).address)
+
+
+def render_email(
+    command: SendEmail,
+    *,
+    account_from: EmailAddress,
+    message_id: str,
+    date: datetime,
+    references: list[str],
+    attachments: list[tuple[Attachment, bytes]],
+) -> Rendered:
+    """:func:`build_message` then :func:`render`, under SMTPUTF8 only where an address needs it.
+
+    Raw UTF-8 headers would make a server that offers SMTPUTF8 but relays to
+    one that does not bounce the email, so an all-ASCII email is rendered
+    without, whatever the server. The same inputs give the same bytes.
+    """
+    message = build_message(
+        command,
+        account_from=account_from,
+        message_id=message_id,
+        date=date,
+        references=references,
+        attachments=attachments,
+    )
+    smtputf8 = bool(check_without_smtputf8(command)) or needs_smtputf8(
+        envelope_sender(command, account_from)
+    )
+    return Rendered(render(message, smtputf8=smtputf8), smtputf8)
 
 
 def render(message: EmailMessage, *, smtputf8: bool) -> bytes:
