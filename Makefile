@@ -72,8 +72,12 @@ bench-listeners: install ## listener benchmarks (Kafka vs bare loop, 10k files, 
 bench-mailer: install ## mailer benchmark (10k emails, 1 in 10 with 100 KB attached, vs a bare aiosmtplib loop) → bench/results/mailer.json
 	$(RUN) python bench/mailer.py --out bench/results/mailer.json
 
+.PHONY: bench-search
+bench-search: install ## search sync benchmark (500k-case full load vs a bare bulk loop; committed → searchable at 500 changes/s) → bench/results/search.json; SEARCH_ARGS=--quick for the small profile
+	$(RUN) python bench/search.py $(SEARCH_ARGS) --out bench/results/search.json
+
 .PHONY: bench
-bench: install bench-scheduler bench-api bench-listeners bench-mailer ## every benchmark → bench/results/*.json
+bench: install bench-scheduler bench-api bench-listeners bench-mailer bench-search ## every benchmark → bench/results/*.json
 	$(RUN) python bench/kit_publish.py --out bench/results/kit.json
 
 # The bench group goes into an environment of its own (git-ignored): `make install`

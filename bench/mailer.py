@@ -44,9 +44,7 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -60,7 +58,15 @@ from typing import Any
 import aiosmtplib
 import asyncpg
 import httpx
-from _measure import BENCH, CLK_TCK, cpu_seconds, machine_busy, machine_info, merge_results, rounded
+from _measure import (
+    RssSampler,
+    Window,
+    finish_profile,
+    machine_info,
+    merge_results,
+    rounded,
+    start_profile,
+)
 from _smtp_sink import SmtpSink
 from api import Env, private_servers
 
@@ -154,107 +160,6 @@ def prerender(commands: Sequence[SendEmail], root: Path, domain: str) -> list[by
         )
         rendered.append(render(message, smtputf8=True))
     return rendered
-
-
-# -- measuring -------------------------------------------------------------------------------
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
-
-
-class Window:
-    """CPU and wall time between two instants, with what the rest of the machine did.
-
-    As bench/_listeners_common.py's, but PostgreSQL's CPU is its backends'
-    (children of the postmaster), where the mailer's queries are answered.
-    ``others_busy_fraction`` is the share of all CPUs other processes used.
-    """
-
-    def __init__(self, pids: dict[str, int | None]) -> None:
-        self.pids = pids
-        self.cpu = self._cpu()
-        self.busy = machine_busy()
-        self.started = time.perf_counter()
-
-    def _cpu(self) -> dict[str, float | None]:
-        return {
-            name: cpu_seconds(pid, children=name == "postgresql") for name, pid in self.pids.items()
-        }
-
-    def close(self, end: float | None = None) -> dict[str, Any]:
-        """The window up to ``end`` (a perf_counter instant, default now); CPU up to now."""
-        seconds = (end if end is not None else time.perf_counter()) - self.started
-        busy, total = machine_busy()
-        now = self._cpu()
-        used: dict[str, float | None] = {}
-        for name, then in self.cpu.items():
-            current = now[name]
-            used[name] = None if current is None or then is None else round(current - then, 2)
-        busy_s = (busy - self.busy[0]) / CLK_TCK
-        total_s = max((total - self.busy[1]) / CLK_TCK, 1e-9)
-        ours = sum(v for v in used.values() if v is not None)
-        return {
-            "seconds": round(seconds, 3),
-            "cpu_seconds": used,
-            "machine_busy_fraction": round(busy_s / total_s, 3),
-            "others_busy_fraction": round(max(0.0, busy_s - ours) / total_s, 3),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
-        }
-
-
-class RssSampler:
-    """RSS of ``pid`` every ``interval`` seconds while running."""
-
-    def __init__(self, pid: int, interval: float) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.samples: list[tuple[float, float]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._started = time.perf_counter()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            rss = rss_mib(self.pid)
-            if rss is not None:
-                self.samples.append((round(time.perf_counter() - self._started, 2), rss))
-            await asyncio.sleep(self.interval)
-
-    async def stop(self) -> dict[str, Any]:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        rss = rss_mib(self.pid)
-        if rss is not None:
-            self.samples.append((round(time.perf_counter() - self._started, 2), rss))
-        values = [v for _, v in self.samples]
-        spread = round(max(values) - min(values), 1) if values else None
-        # Growth once warm: caches and the heap's high-water mark fill in the first half.
-        late = values[len(values) // 2 :]
-        late_spread = round(max(late) - min(late), 1) if late else None
-        return {
-            "samples_mib": [[t, v] for t, v in self.samples],
-            "interval_seconds": self.interval,
-            "min_mib": min(values, default=None),
-            "max_mib": max(values, default=None),
-            "first_mib": values[0] if values else None,
-            "last_mib": values[-1] if values else None,
-            "max_minus_min_mib": spread,
-            "second_half_max_minus_min_mib": late_spread,
-            "flat_bound_mib": RSS_FLAT_BOUND_MIB,
-            "flat": spread is not None and spread <= RSS_FLAT_BOUND_MIB,
-            "flat_after_warmup": late_spread is not None and late_spread <= RSS_FLAT_BOUND_MIB,
-        }
 
 
 # -- the mailer process --------------------------------------------------------------------------
@@ -395,8 +300,9 @@ async def mailer_run(
         broker.subjects.run_event(due.run_id, RunEvent.FINISHED), cb=on_finished
     )
     sink_before = setup.sink.counts()
-    rss = RssSampler(pid, setup.args.rss_interval)
-    profile = start_profile(setup, pid) if setup.args.profile else None
+    rss = RssSampler(pid, setup.args.rss_interval, RSS_FLAT_BOUND_MIB)
+    spied = setup.env.tmp / "mailer.pyspy.txt"
+    profile = start_profile(pid, spied) if setup.args.profile else None
     rss.start()
     window = Window(pids)
     started = time.perf_counter()
@@ -426,7 +332,7 @@ async def mailer_run(
         "rss": memory,
     }
     if profile is not None:
-        output["profile"] = await finish_profile(*profile)
+        output["profile"] = await finish_profile(profile, spied, "mailer.pyspy.txt")
     return output
 
 
@@ -486,60 +392,6 @@ async def _outbox_empty(pool: asyncpg.Pool) -> bool:
 async def _statuses(pool: asyncpg.Pool) -> dict[str, int]:
     rows = await pool.fetch("SELECT status, count(*) AS n FROM mailer.emails GROUP BY status")
     return {r["status"]: r["n"] for r in rows}
-
-
-# -- py-spy ----------------------------------------------------------------------------------------
-
-
-def start_profile(setup: Setup, pid: int) -> tuple[subprocess.Popen[bytes], Path]:
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    out = setup.env.tmp / "mailer.pyspy.txt"
-    command = [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw"]
-    process = subprocess.Popen(
-        [*command, "--output", str(out), "--nonblocking"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return process, out
-
-
-async def finish_profile(process: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
-    process.send_signal(signal.SIGINT)  # py-spy writes what it recorded and exits
-    await asyncio.to_thread(process.wait, 60)
-    return await asyncio.to_thread(summarize_profile, process, out)
-
-
-def summarize_profile(process: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
-    if not out.exists():
-        return {"error": f"py-spy exited {process.returncode} without a profile"}
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    samples = 0
-    for line in out.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        samples += count
-        frames = [
-            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0] + ")" if " (" in f else f
-            for f in stack.split(";")
-        ]
-        own[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
-    saved = BENCH / "results" / "mailer.pyspy.txt"
-    shutil.copy2(out, saved)
-
-    def top(counter: Counter[str], k: int) -> list[dict[str, Any]]:
-        return [{"frame": f, "share": round(c / samples, 3)} for f, c in counter.most_common(k)]
-
-    return {
-        "samples": samples,
-        "raw": str(saved.relative_to(BENCH.parent)),
-        "top_self": top(own, 15),
-        "top_inclusive": top(inclusive, 40),
-    }
 
 
 # -- the whole run ---------------------------------------------------------------------------------
