@@ -19,11 +19,13 @@ import time
 from typing import Annotated, Any, Literal
 
 import httpx
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
+from jobwire.runtime import problems
 from jobwire.runtime.problems import ProblemError
+from jobwire.runtime.service import VERSION
 
 Role = Literal["viewer", "operator", "admin"]
 _ROLES: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
@@ -122,6 +124,26 @@ def requires(role: Role) -> Any:
 Viewer = Annotated[Identity, requires("viewer")]
 Operator = Annotated[Identity, requires("operator")]
 Admin = Annotated[Identity, requires("admin")]
+
+
+def service_app(
+    title: str, description: str | None, service: str, router: APIRouter, api: Any
+) -> FastAPI:
+    """A service's REST API under ``/api/v1``: its routes, problem documents, its
+    ``api`` object at ``app.state.api`` and that object's ``tokens`` checking tokens."""
+    app = FastAPI(
+        title=title,
+        version=VERSION,
+        description=description or "",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.api = api
+    app.state.tokens = api.tokens
+    problems.install(app, service)
+    app.include_router(router)
+    return app
 
 
 async def json_body(request: Request, limit: int) -> bytes:

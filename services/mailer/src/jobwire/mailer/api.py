@@ -23,9 +23,8 @@ from pydantic import BaseModel, Field, ValidationError
 from jobwire.contracts.mail import RecipientResult, SendEmail
 from jobwire.mailer.adapters.queue import MailQueue, QueuedEmail
 from jobwire.mailer.commands import CommandRefused, Gate
-from jobwire.runtime import problems
 from jobwire.runtime.problems import ProblemError, validation_problems
-from jobwire.runtime.rest import Operator, TokenChecker, Viewer, json_body
+from jobwire.runtime.rest import Operator, TokenChecker, Viewer, json_body, service_app
 from jobwire.runtime.service import VERSION
 
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -278,16 +277,4 @@ async def health() -> dict[str, str]:
 
 
 def create_app(api: MailApi) -> FastAPI:
-    app = FastAPI(
-        title="jobwire mailer API",
-        version=VERSION,
-        description=__doc__,
-        openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
-        redoc_url=None,
-    )
-    app.state.api = api
-    app.state.tokens = api.tokens
-    problems.install(app, "mailer")
-    app.include_router(router)
-    return app
+    return service_app("jobwire mailer API", __doc__, "mailer", router, api)

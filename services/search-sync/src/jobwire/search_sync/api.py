@@ -23,9 +23,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from jobwire.runtime import problems
 from jobwire.runtime.problems import ProblemError, validation_problems
-from jobwire.runtime.rest import Admin, TokenChecker, Viewer, json_body
+from jobwire.runtime.rest import Admin, TokenChecker, Viewer, json_body, service_app
 from jobwire.runtime.secrets import SecretNotFound
-from jobwire.runtime.service import VERSION
 from jobwire.search_sync.adapters import source
 from jobwire.search_sync.adapters.engine import EngineError, EngineUnavailable
 from jobwire.search_sync.adapters.source import SourceUnavailable
@@ -195,16 +194,4 @@ async def health() -> dict[str, str]:
 
 
 def create_app(api: SearchApi) -> FastAPI:
-    app = FastAPI(
-        title="jobwire search API",
-        version=VERSION,
-        description=__doc__,
-        openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
-        redoc_url=None,
-    )
-    app.state.api = api
-    app.state.tokens = api.tokens
-    problems.install(app, "search-sync")
-    app.include_router(router)
-    return app
+    return service_app("jobwire search API", __doc__, "search-sync", router, api)
